@@ -1,0 +1,95 @@
+"""RFC 9457 problem details for every error, validation errors naming their fields."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("gradlab.api")
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://gradlab.dev/problems/"
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str, kind: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.kind, self.extra = (
+            status,
+            title,
+            detail,
+            kind,
+            extra,
+        )
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {"type": TYPE_BASE + kind, "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic errors as {field, message, type}: `field` is the dotted path in the body."""
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        out.append({"field": ".".join(loc) or None, "message": e.get("msg"), "type": e.get("type")})
+    return out
+
+
+def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
+    fields = field_errors(errors)
+    named = ", ".join(f["field"] or "(body)" for f in fields)
+    return problem_response(
+        422,
+        "Invalid request",
+        f"{len(fields)} invalid field(s): {named}",
+        "validation",
+        errors=fields,
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.title, exc.detail, exc.kind, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return problem_response(400, "Malformed JSON", "the body is not valid JSON", "json")
+        return validation_problem(errors)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return validation_problem(list(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed"}
+        return problem_response(
+            exc.status_code,
+            titles.get(exc.status_code, "Error"),
+            str(exc.detail),
+            f"http-{exc.status_code}",
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(
+            500, "Internal error", "an error of ours; it has been logged", "internal"
+        )

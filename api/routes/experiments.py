@@ -1,0 +1,358 @@
+"""/v1/experiments: submit, list, read, traces, events, cancel."""
+
+import base64
+import binascii
+import hashlib
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.db import get_session
+from api.problems import Problem
+from api.queue import enqueue
+from api.responses import FastJSON
+from api.schemas import (
+    EventsRead,
+    ExperimentCreate,
+    ExperimentPage,
+    ExperimentRead,
+    estimated_cost,
+)
+from api.settings import get_settings
+from api.tables import Event, Experiment, SeriesChunk, utcnow
+from api.traces import concat
+from api.views import Thinning, as_utc, experiment_view
+
+log = logging.getLogger("gradlab.api")
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_OWNER = "local"
+SessionDep = Annotated[Session, Depends(get_session)]
+StatusName = Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
+
+
+def get_experiment(session: Session, experiment_id: str) -> Experiment:
+    row = session.get(Experiment, experiment_id) if len(experiment_id) <= 36 else None
+    if row is None:
+        raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
+    return row
+
+
+async def read_spec(request: Request) -> ExperimentCreate:
+    """The body as a spec, whatever its Content-Type (`curl -d '{}'` sends a form type)."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise Problem(
+            413, "Body too large", f"the body is over {MAX_BODY_BYTES} bytes", "too-large"
+        )
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", "json") from exc
+    if not isinstance(data, dict):
+        raise Problem(
+            422,
+            "Invalid request",
+            "the body must be a JSON object",
+            "validation",
+            errors=[{"field": None, "message": "expected an object", "type": "type"}],
+        )
+    spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
+    cost, limit = estimated_cost(spec), get_settings().max_cost
+    if cost > limit:
+        raise Problem(
+            422,
+            "Over the compute budget",
+            f"estimated cost {cost:.3g} (steps x batch x T x hidden^2 x layers x gates) is over "
+            f"the limit {limit:.3g}",
+            "budget",
+            estimate=cost,
+            limit=limit,
+            errors=[
+                {"field": "train.steps", "message": "over the compute budget", "type": "budget"}
+            ],
+        )
+    return spec
+
+
+SPEC_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": ExperimentCreate.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ExperimentRead,
+    openapi_extra=SPEC_BODY,
+    responses={400: {}, 409: {}, 413: {}, 422: {}},
+)
+def create_experiment(
+    session: SessionDep,
+    spec: Annotated[ExperimentCreate, Depends(read_spec)],
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> FastJSON:
+    normalised = spec.model_dump(mode="json")
+    digest = hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    if idempotency_key is not None:
+        existing = session.scalar(
+            select(Experiment).where(
+                Experiment.owner == DEFAULT_OWNER, Experiment.idempotency_key == idempotency_key
+            )
+        )
+        if existing is not None:
+            return _replay(existing, digest)
+    row = Experiment(
+        spec=normalised,
+        name=spec.name,
+        tags=spec.tags,
+        owner=DEFAULT_OWNER,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        status="queued",
+        total_steps=spec.train.steps,
+        enqueued_at=utcnow(),
+    )
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        existing = session.scalar(
+            select(Experiment).where(
+                Experiment.owner == DEFAULT_OWNER, Experiment.idempotency_key == idempotency_key
+            )
+        )
+        if existing is None:
+            raise
+        return _replay(existing, digest)
+    try:
+        enqueue(row.id)
+    except Exception:  # the row is safe; the reconciler sends it once the broker is back
+        log.warning("could not enqueue %s now; the reconciler will", row.id, exc_info=True)
+    return FastJSON(
+        experiment_view(row), status_code=202, headers={"Location": f"/v1/experiments/{row.id}"}
+    )
+
+
+def _replay(existing: Experiment, digest: str) -> FastJSON:
+    if existing.request_hash != digest:
+        raise Problem(
+            409,
+            "Idempotency-Key reused",
+            "this Idempotency-Key was used with another body",
+            "idempotency-conflict",
+        )
+    return FastJSON(
+        experiment_view(existing),
+        status_code=202,
+        headers={"Location": f"/v1/experiments/{existing.id}"},
+    )
+
+
+def _encode_cursor(row: Experiment) -> str:
+    return base64.urlsafe_b64encode(
+        f"{as_utc(row.created_at).isoformat()}|{row.id}".encode()
+    ).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), row_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Problem(
+            400,
+            "Bad cursor",
+            "the cursor is not one this API issued",
+            "cursor",
+            errors=[{"field": "cursor", "message": "invalid", "type": "value"}],
+        ) from exc
+
+
+@router.get("", response_model=ExperimentPage)
+def list_experiments(
+    session: SessionDep,
+    status: StatusName | None = None,
+    tag: Annotated[str | None, Query(max_length=50)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> FastJSON:
+    q = select(Experiment).where(Experiment.owner == DEFAULT_OWNER)
+    if status:
+        q = q.where(Experiment.status == status)
+    if cursor:
+        created, row_id = _decode_cursor(cursor)
+        q = q.where(
+            or_(
+                Experiment.created_at < created,
+                and_(Experiment.created_at == created, Experiment.id < row_id),
+            )
+        )
+    q = q.order_by(Experiment.created_at.desc(), Experiment.id.desc())
+    if tag:
+        # Tags are a JSON list: filter in Python, fetching in pages until the page is full.
+        rows: list[Experiment] = []
+        offset = 0
+        while len(rows) <= limit:
+            batch = session.scalars(q.offset(offset).limit(500)).all()
+            rows += [r for r in batch if tag in (r.tags or [])]
+            if len(batch) < 500:
+                break
+            offset += 500
+    else:
+        rows = list(session.scalars(q.limit(limit + 1)).all())
+    page, more = rows[:limit], len(rows) > limit
+    return FastJSON(
+        {
+            "items": [experiment_view(r) for r in page],
+            "next_cursor": _encode_cursor(page[-1]) if more and page else None,
+        }
+    )
+
+
+@router.get("/{experiment_id}", response_model=ExperimentRead)
+def read_experiment(experiment_id: str, session: SessionDep) -> FastJSON:
+    return FastJSON(experiment_view(get_experiment(session, experiment_id)))
+
+
+def load_series(
+    session: Session, row: Experiment, names: list[str]
+) -> dict[str, list[SeriesChunk]]:
+    chunks = session.scalars(
+        select(SeriesChunk).where(
+            SeriesChunk.experiment_id == row.id,
+            SeriesChunk.attempt == row.attempt,
+            SeriesChunk.name.in_(names),
+        )
+    ).all()
+    out: dict[str, list[SeriesChunk]] = {n: [] for n in names}
+    for c in chunks:
+        out[c.name].append(c)
+    return out
+
+
+def load_prefixed(session: Session, row: Experiment, prefix: str) -> dict[str, list[SeriesChunk]]:
+    chunks = session.scalars(
+        select(SeriesChunk).where(
+            SeriesChunk.experiment_id == row.id,
+            SeriesChunk.attempt == row.attempt,
+            SeriesChunk.name.startswith(prefix, autoescape=True),
+        )
+    ).all()
+    out: dict[str, list[SeriesChunk]] = {}
+    for c in chunks:
+        out.setdefault(c.name, []).append(c)
+    return out
+
+
+@router.get("/{experiment_id}/metrics")
+def read_metrics(
+    experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
+) -> FastJSON:
+    """Training loss (and accuracy) per step; validation loss (and accuracy) where measured."""
+    row = get_experiment(session, experiment_id)
+    series = load_series(session, row, ["loss", "accuracy", "val_loss", "val_accuracy"])
+    steps, loss = concat(series["loss"])
+    idx = thin.indices(steps)
+    out: dict[str, Any] = {"steps": [steps[i] for i in idx], "loss": [loss[i] for i in idx]}
+    if series["accuracy"]:
+        _, acc = concat(series["accuracy"])
+        out["accuracy"] = [acc[i] for i in idx]
+    vsteps, vloss = thin.apply(*concat(series["val_loss"]))
+    out["validation"] = {"steps": vsteps, "loss": vloss}
+    if series["val_accuracy"]:
+        out["validation"]["accuracy"] = thin.apply(*concat(series["val_accuracy"]))[1]
+    return FastJSON(out)
+
+
+@router.get("/{experiment_id}/gradients")
+def read_gradients(
+    experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
+) -> FastJSON:
+    """Per-parameter gradient L2 norms (before clipping) at the instrumented steps."""
+    row = get_experiment(session, experiment_id)
+    total = load_series(session, row, ["grad_norm_total"])["grad_norm_total"]
+    steps, norms = concat(total)
+    idx = thin.indices(steps)
+    params = {
+        name.removeprefix("grad/"): [vals[i] for i in idx]
+        for name, chunks in sorted(load_prefixed(session, row, "grad/").items())
+        for vals in [concat(chunks)[1]]
+    }
+    return FastJSON(
+        {
+            "steps": [steps[i] for i in idx],
+            "parameters": params,
+            "global_norm": {"before_clip": [norms[i] for i in idx]},
+        }
+    )
+
+
+@router.get("/{experiment_id}/events", response_model=EventsRead)
+def read_events(
+    experiment_id: str,
+    session: SessionDep,
+    kind: Annotated[str | None, Query(max_length=40)] = None,
+) -> FastJSON:
+    """NaN/Inf events (with where the first non-finite value appeared), halts, retries."""
+    row = get_experiment(session, experiment_id)
+    q = select(Event).where(Event.experiment_id == row.id).order_by(Event.id)
+    if kind:
+        q = q.where(Event.kind == kind)
+    items = [
+        {
+            "step": e.step,
+            "kind": e.kind,
+            "detail": e.detail,
+            "attempt": e.attempt,
+            "created_at": as_utc(e.created_at),
+        }
+        for e in session.scalars(q)
+    ]
+    return FastJSON({"items": items})
+
+
+@router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentRead)
+def cancel_experiment(experiment_id: str, session: SessionDep) -> FastJSON:
+    """A queued experiment is cancelled at once; a running one stops at its next heartbeat."""
+    row = get_experiment(session, experiment_id)
+    now = utcnow()
+    res = session.execute(
+        update(Experiment)
+        .where(Experiment.id == row.id, Experiment.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+    )
+    if res.rowcount == 0:
+        res = session.execute(
+            update(Experiment)
+            .where(Experiment.id == row.id, Experiment.status == "running")
+            .values(cancel_requested=True)
+        )
+    session.commit()
+    session.refresh(row)
+    if res.rowcount == 0:
+        raise Problem(
+            409,
+            "Already finished",
+            f"experiment is {row.status}",
+            "finished",
+            status_value=row.status,
+        )
+    return FastJSON(experiment_view(row), status_code=202)

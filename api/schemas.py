@@ -1,0 +1,216 @@
+"""Request and response schemas. `ExperimentCreate` is the spec: every field has a default
+(`{}` is valid), every size has a documented maximum, and unknown fields are errors."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Documented maxima (README, "The spec"). They keep one request from occupying a worker for days.
+MAX_SEQ_LEN = 5000
+MAX_HIDDEN = 1024
+MAX_LAYERS = 8
+MAX_STEPS = 100_000
+MAX_BATCH = 1024
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AddingTask(Strict):
+    """Two channels (value, marker); target is the sum of the two marked values."""
+
+    name: Literal["adding"] = "adding"
+    seq_len: int = Field(200, ge=2, le=MAX_SEQ_LEN)
+
+
+class CopyTask(Strict):
+    """10 symbols from 8, `seq_len` blanks, a delimiter; repeat the symbols after it."""
+
+    name: Literal["copy"] = "copy"
+    seq_len: int = Field(100, ge=1, le=MAX_SEQ_LEN, description="number of blanks (the delay)")
+
+
+class DigitsTask(Strict):
+    """scikit-learn's 8x8 digits as a sequence: rows (T=8) or pixels (T=64)."""
+
+    name: Literal["digits"] = "digits"
+    read: Literal["rows", "pixels"] = "pixels"
+    permuted: bool = False
+
+
+TaskSpec = Annotated[AddingTask | CopyTask | DigitsTask, Field(discriminator="name")]
+
+Activation = Literal["tanh", "relu", "sigmoid", "leaky_relu", "elu", "linear"]
+RecurrentInit = Literal[
+    "orthogonal",
+    "identity",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "normal",
+    "default",
+]
+InputInit = Literal[
+    "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "normal", "default"
+]
+
+
+class InitSpec(Strict):
+    recurrent: RecurrentInit = "orthogonal"
+    input: InputInit = "xavier_uniform"
+    gain: float = Field(1.0, gt=0, le=10, description="orthogonal: every singular value")
+
+
+class ModelSpec(Strict):
+    cell: Literal["rnn", "lstm", "gru"] = "rnn"
+    activation: Activation | None = Field(None, description="rnn only; default tanh")
+    hidden_size: int = Field(128, ge=1, le=MAX_HIDDEN)
+    num_layers: int = Field(1, ge=1, le=MAX_LAYERS)
+    norm: Literal["none"] = "none"
+    residual: bool = Field(False, description="h_l + h_(l-1) between stacked layers")
+    dropout: float = Field(0.0, ge=0, lt=1, description="between stacked layers")
+    init: InitSpec = InitSpec()
+
+    @model_validator(mode="after")
+    def _activation_for_rnn_only(self) -> "ModelSpec":
+        if self.cell == "rnn":
+            if self.activation is None:
+                self.activation = "tanh"
+        elif self.activation is not None:
+            raise ValueError(f"activation applies to cell 'rnn' only, not '{self.cell}'")
+        return self
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=100)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled for adamw, L2 else")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "OptimizerSpec":
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+
+class ClipSpec(Strict):
+    mode: Literal["none", "norm", "value"] = "norm"
+    max_norm: float = Field(1.0, gt=0)
+    clip_value: float = Field(1.0, gt=0)
+
+
+class TrainSpec(Strict):
+    steps: int = Field(2000, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    optimizer: OptimizerSpec = OptimizerSpec()
+    clip: ClipSpec = ClipSpec()
+    l1: float = Field(0.0, ge=0, le=1, description="explicit penalty l1 * sum|w| in the loss")
+    l2: float = Field(0.0, ge=0, le=1, description="explicit penalty l2 * sum w^2 in the loss")
+    dtype: Literal["float32", "float64"] = "float32"
+    nan_policy: Literal["halt", "skip_step"] = "halt"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class InstrumentSpec(Strict):
+    every: int = Field(10, ge=1, le=10_000, description="instrumented-step interval")
+    val_every: int = Field(100, ge=1, le=100_000, description="validation interval")
+
+
+class ExperimentCreate(Strict):
+    """The experiment spec."""
+
+    name: str | None = Field(None, max_length=200)
+    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(
+        default_factory=list, max_length=20
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    task: TaskSpec = Field(default_factory=AddingTask)
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    instrument: InstrumentSpec = InstrumentSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults_to_adding(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("task"), dict):
+            data = {**data, "task": {"name": "adding", **data["task"]}}
+        return data
+
+
+def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
+    """Length of the input sequence the network reads."""
+    if task.name == "adding":
+        return task.seq_len
+    if task.name == "copy":
+        # 10 symbols, seq_len - 1 blanks, the delimiter, 10 blanks to answer in
+        return task.seq_len + 20
+    return 8 if task.read == "rows" else 64
+
+
+def estimated_cost(spec: ExperimentCreate) -> float:
+    """steps x batch x T x hidden^2 x layers x gate blocks: the multiply-adds that dominate."""
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[spec.model.cell]
+    m, t = spec.model, spec.train
+    return (
+        float(t.steps * t.batch_size * seq_len_of(spec.task) * m.hidden_size**2)
+        * m.num_layers
+        * gates
+    )
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+
+
+class ExperimentRead(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
+    name: str | None
+    tags: list[str]
+    sweep_id: str | None = None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    spec: dict[str, Any]
+    summary: dict[str, Any] | None
+    diagnosis: dict[str, Any] | None
+    error: dict[str, Any] | None
+    links: dict[str, str]
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentRead]
+    next_cursor: str | None
+
+
+class MetricsRead(BaseModel):
+    steps: list[int]
+    loss: list[float | None]
+    accuracy: list[float | None] | None = None
+    validation: dict[str, Any]
+
+
+class GradientsRead(BaseModel):
+    steps: list[int]
+    parameters: dict[str, list[float | None]]
+    global_norm: dict[str, list[float | None]]
+
+
+class EventRead(BaseModel):
+    step: int | None
+    kind: str
+    detail: dict[str, Any]
+    attempt: int
+    created_at: datetime
+
+
+class EventsRead(BaseModel):
+    items: list[EventRead]

@@ -1,0 +1,40 @@
+"""Every knob of the service, read once from the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    # Embedded default: a SQLite file and the SQLAlchemy broker, no server to install.
+    database_url: str = f"sqlite:///{DATA_DIR}/gradlab.sqlite"
+    broker_url: str = f"sqla+sqlite:///{DATA_DIR}/broker.sqlite"
+    port: int = 8000
+    queue_name: str = "gradlab"
+
+    # Reliability: the database is the source of truth, the broker only rings the bell.
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    stale_after_s: float = Field(60.0, gt=0, description="running with no heartbeat this long")
+    requeue_after_s: float = Field(120.0, gt=0, description="queued this long: send again")
+    reconcile_interval_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+    # Training-side flushing: progress shows while a run goes, a crash loses one batch.
+    flush_every_steps: int = Field(200, ge=1)
+    flush_every_s: float = Field(2.0, gt=0)
+
+    # A cap on what one spec may cost (see api/schemas.py: estimated_cost).
+    max_cost: float = Field(5e13, gt=0)
+
+    worker_name: str | None = None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

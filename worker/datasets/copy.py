@@ -1,0 +1,47 @@
+"""Copy memory (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016)."""
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from worker.datasets.base import SequenceTask
+
+N_SYMBOLS = 8
+N_COPY = 10
+BLANK, DELIMITER = 0, N_SYMBOLS + 1  # symbols are 1..8
+
+
+class CopyMemory(SequenceTask):
+    """10 symbols, seq_len - 1 blanks, a delimiter, 10 blanks; the target is blanks until the
+    delimiter has passed, then the 10 symbols. Loss: cross-entropy averaged over every step."""
+
+    input_size = N_SYMBOLS + 2
+    output_size = N_SYMBOLS + 1
+    readout = "all"
+    has_accuracy = True
+    solved_accuracy = 0.99  # of the 10 recalled symbols, on the validation batch
+
+    def __init__(self, delay: int) -> None:
+        self.delay = delay
+        self.seq_len = delay + 2 * N_COPY
+        # Blanks then uniform guesses over the 8 symbols for the last 10 steps.
+        self.baseline_loss = N_COPY * math.log(N_SYMBOLS) / self.seq_len
+
+    def batch(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        symbols = torch.randint(1, N_SYMBOLS + 1, (N_COPY, n), generator=gen)  # (10, B)
+        seq = torch.full((self.seq_len, n), BLANK, dtype=torch.long)
+        seq[:N_COPY] = symbols
+        seq[self.seq_len - N_COPY - 1] = DELIMITER
+        target = torch.full((self.seq_len, n), BLANK, dtype=torch.long)
+        target[-N_COPY:] = symbols
+        x = F.one_hot(seq, self.input_size).float()  # (T, B, 10)
+        return x, target  # (T, B, 10), (T, B)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        # pred: (T, B, 9)
+        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
+
+    def accuracy(self, pred: Tensor, target: Tensor) -> Tensor:
+        return (pred[-N_COPY:].argmax(-1) == target[-N_COPY:]).float().mean()

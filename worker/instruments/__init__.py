@@ -1,0 +1,13 @@
+"""Instruments: each watches one quantity. `default_instruments` is what a run gets."""
+
+from api.schemas import ExperimentCreate
+from worker.instruments.base import Batch, Instrument, Recorder
+from worker.instruments.grad_norms import GradNorms
+from worker.instruments.loss import LossCurve
+
+
+def default_instruments(spec: ExperimentCreate) -> list[Instrument]:
+    return [LossCurve(), GradNorms()]
+
+
+__all__ = ["Batch", "Instrument", "Recorder", "default_instruments"]

@@ -1,0 +1,73 @@
+"""The instrument protocol and the recorder they write to.
+
+An instrument watches one quantity. The loop calls its hooks; it writes what it saw to the
+recorder; the recorder is drained in batches (to the database, or to memory in tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from worker.train import Run, StepContext
+
+
+@dataclass
+class Batch:
+    """What was recorded since the last drain: series name -> (steps, values (n, width))."""
+
+    series: dict[str, tuple[list[int], np.ndarray]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.series or self.events)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._series: dict[str, tuple[list[int], list[Any]]] = {}
+        self._events: list[dict[str, Any]] = []
+
+    def record(self, name: str, step: int, value: float | Tensor | np.ndarray) -> None:
+        """One value (a scalar, or a vector of fixed width) of series `name` at `step`.
+        Tensors are kept as they are and converted at drain time, off the hot path."""
+        steps, values = self._series.setdefault(name, ([], []))
+        steps.append(step)
+        values.append(value.detach() if isinstance(value, Tensor) else value)
+
+    def event(self, step: int | None, kind: str, **detail: Any) -> None:
+        self._events.append({"step": step, "kind": kind, "detail": detail})
+
+    def drain(self) -> Batch:
+        batch = Batch(events=self._events)
+        for name, (steps, values) in self._series.items():
+            rows = [v.cpu().double().numpy() if isinstance(v, Tensor) else v for v in values]
+            batch.series[name] = (steps, np.asarray(rows, dtype=np.float64).reshape(len(steps), -1))
+        self._series, self._events = {}, []
+        return batch
+
+
+class Instrument:
+    """Override the hooks you need. `run.instrumented` says whether this step is one of the
+    `instrument.every` steps; per-step instruments ignore it."""
+
+    name: str = "instrument"
+
+    def start(self, run: Run) -> None:
+        """Before the first step."""
+
+    def before_backward(self, run: Run, ctx: StepContext) -> None:
+        """After the forward pass, before backward: e.g. to retain_grad on hidden states."""
+
+    def after_backward(self, run: Run, ctx: StepContext) -> None:
+        """Gradients are in .grad, before clipping and the optimiser step."""
+
+    def after_step(self, run: Run, ctx: StepContext) -> None:
+        """After the optimiser step (or the decision to skip it)."""
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        """Figures for the experiment's summary at the end."""
+        return {}

@@ -1,0 +1,104 @@
+"""Keeps every experiment moving. The database is the source of truth and the broker only
+rings the bell: a message can be lost (the embedded broker drops an in-flight task when its
+worker is killed hard; Redis without persistence forgets its queue on restart), so
+
+- `running` with a heartbeat older than `stale_after_s` goes back to `queued` (or `failed`
+  once `max_attempts` attempts have been used), and
+- `queued` for longer than `requeue_after_s` is sent again.
+
+Sending twice is harmless: a worker only runs a row it can claim from `queued`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import get_sessionmaker
+from api.queue import enqueue
+from api.settings import Settings
+from api.tables import Event, Experiment, utcnow
+
+log = logging.getLogger("gradlab.reconciler")
+
+
+def reconcile(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    send: Callable[[str], None] = enqueue,
+) -> dict[str, int]:
+    now = utcnow()
+    counts = {"requeued": 0, "failed": 0, "resent": 0}
+    to_send: list[str] = []
+    with sessions() as s:
+        stale = s.scalars(
+            select(Experiment)
+            .where(
+                Experiment.status == "running",
+                Experiment.heartbeat_at < now - timedelta(seconds=settings.stale_after_s),
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in stale:
+            detail: dict[str, Any] = {"worker": row.worker, "attempt": row.attempt}
+            if row.cancel_requested:
+                row.status, row.finished_at = "cancelled", now
+            elif row.attempt >= settings.max_attempts:
+                row.status, row.finished_at = "failed", now
+                row.error = {
+                    "type": "worker_lost",
+                    "message": f"no heartbeat for {settings.stale_after_s:.0f} s on attempt "
+                    f"{row.attempt} of {settings.max_attempts}; giving up",
+                    **detail,
+                }
+                counts["failed"] += 1
+            else:
+                row.status, row.enqueued_at = "queued", now
+                to_send.append(row.id)
+                counts["requeued"] += 1
+            s.add(
+                Event(
+                    experiment_id=row.id,
+                    attempt=row.attempt,
+                    step=row.progress_step,
+                    kind="worker_lost",
+                    detail={**detail, "now": row.status},
+                )
+            )
+        forgotten = s.scalars(
+            select(Experiment)
+            .where(
+                Experiment.status == "queued",
+                Experiment.enqueued_at < now - timedelta(seconds=settings.requeue_after_s),
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in forgotten:
+            row.enqueued_at = now
+            to_send.append(row.id)
+            counts["resent"] += 1
+        s.commit()
+    for experiment_id in to_send:
+        send(experiment_id)
+    return counts
+
+
+def start_reconciler_thread(settings: Settings) -> threading.Thread:
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(settings.reconcile_interval_s):
+            try:
+                counts = reconcile(get_sessionmaker(), settings)
+                if any(counts.values()):
+                    log.info("reconciler: %s", counts)
+            except Exception:  # a database or broker outage: try again next round
+                log.warning("reconciler round failed", exc_info=True)
+
+    thread = threading.Thread(target=loop, daemon=True, name="reconciler")
+    thread.start()
+    return thread

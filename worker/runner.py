@@ -1,0 +1,128 @@
+"""One experiment, end to end on a worker: claim the row, train, store. No Celery in here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import traceback
+
+from api.db import get_sessionmaker
+from api.schemas import ExperimentCreate
+from api.settings import Settings, get_settings
+from worker import store
+from worker.instruments import default_instruments
+from worker.instruments.base import Batch
+from worker.train import train
+
+log = logging.getLogger("gradlab.worker")
+
+
+def worker_name(settings: Settings) -> str:
+    return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat(threading.Thread):
+    """Beats while the run goes, independent of how long a training step takes; learns of a
+    cancel request, or that the reconciler has given the attempt to another worker."""
+
+    def __init__(self, experiment_id: str, attempt: int, interval: float) -> None:
+        super().__init__(daemon=True, name="heartbeat")
+        self.experiment_id, self.attempt, self.interval = experiment_id, attempt, interval
+        self.stop_training = threading.Event()
+        self.reason: str | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                with get_sessionmaker()() as s:
+                    ours, cancel = store.heartbeat(s, self.experiment_id, self.attempt)
+            except Exception:  # the database may be restarting: keep training, beat again
+                log.warning("heartbeat failed for %s", self.experiment_id, exc_info=True)
+                continue
+            if not ours or cancel:
+                self.reason = "cancelled" if cancel else "lost"
+                self.stop_training.set()
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+class Writer(threading.Thread):
+    """Writes flushed batches in the background so training never waits on the database."""
+
+    def __init__(self, experiment_id: str, attempt: int) -> None:
+        super().__init__(daemon=True, name="trace-writer")
+        self.experiment_id, self.attempt = experiment_id, attempt
+        self.q: queue.Queue[tuple[Batch, int] | None] = queue.Queue()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        while (item := self.q.get()) is not None:
+            batch, step = item
+            try:
+                with get_sessionmaker()() as s:
+                    if not store.write_batch(s, self.experiment_id, self.attempt, batch, step):
+                        self.lost.set()
+            except Exception:
+                log.exception("could not store a batch of %s", self.experiment_id)
+
+    def put(self, batch: Batch, step: int) -> None:
+        self.q.put((batch, step))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.join()
+
+
+def run_experiment(experiment_id: str, settings: Settings | None = None) -> str | None:
+    """Run one queued experiment. Returns its final status, or None when it was not ours to run
+    (already claimed, finished or cancelled: a duplicate delivery is harmless)."""
+    settings = settings or get_settings()
+    with get_sessionmaker()() as s:
+        row = store.claim(s, experiment_id, worker_name(settings))
+    if row is None:
+        log.info("experiment %s is not queued; nothing to do", experiment_id)
+        return None
+    attempt = row.attempt
+    spec = ExperimentCreate.model_validate(row.spec)
+    beat = Heartbeat(experiment_id, attempt, settings.heartbeat_interval_s)
+    writer = Writer(experiment_id, attempt)
+    beat.start()
+    writer.start()
+    status, summary, error, step = "failed", None, None, None
+    try:
+        result = train(
+            spec,
+            default_instruments(spec),
+            on_flush=writer.put,
+            should_stop=lambda: beat.stop_training.is_set() or writer.lost.is_set(),
+            flush_every_steps=settings.flush_every_steps,
+            flush_every_s=settings.flush_every_s,
+        )
+        writer.put(result.batch, result.steps_run)
+        status, summary, step = result.status, result.summary, result.steps_run
+        if status == "cancelled" and beat.reason == "lost" or writer.lost.is_set():
+            log.warning(
+                "experiment %s attempt %d was taken over; not storing", experiment_id, attempt
+            )
+            return None
+    except Exception as exc:  # ours or torch's: recorded on the row, the worker keeps serving
+        log.exception("experiment %s failed", experiment_id)
+        error = {
+            "type": "training_error",
+            "exception": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "traceback": traceback.format_exc()[-4000:],
+        }
+    finally:
+        beat.stop()
+        writer.close()
+    with get_sessionmaker()() as s:
+        store.finish(
+            s, experiment_id, attempt, status, summary=summary, error=error, progress_step=step
+        )
+    return status

@@ -1,0 +1,133 @@
+"""Every database write the worker makes. Writes that finish an attempt are conditional on
+the row still being that attempt's, so a worker presumed dead cannot overwrite its retry."""
+
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from api.tables import Event, Experiment, SeriesChunk, utcnow
+from api.traces import STEP_DTYPE, VALUE_DTYPE
+from worker.instruments.base import Batch
+
+
+def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
+    """queued -> running, atomically: of two deliveries of the same message, one wins."""
+    now = utcnow()
+    res = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.status == "queued",
+            Experiment.cancel_requested.is_(False),
+        )
+        .values(
+            status="running",
+            attempt=Experiment.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            progress_step=0,
+        )
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return None
+    row = session.get(Experiment, experiment_id, populate_existing=True)
+    assert row is not None
+    # A failed attempt's partial traces are not mixed with this one's.
+    for table in (SeriesChunk, Event):
+        session.execute(
+            delete(table).where(table.experiment_id == experiment_id, table.attempt < row.attempt)
+        )
+    session.commit()
+    return row
+
+
+def write_batch(
+    session: Session, experiment_id: str, attempt: int, batch: Batch, step: int
+) -> bool:
+    """Store one flushed batch and the progress. False when the row is no longer ours."""
+    res = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.attempt == attempt,
+            Experiment.status == "running",
+        )
+        .values(progress_step=step, heartbeat_at=utcnow())
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return False
+    for name, (steps, values) in batch.series.items():
+        session.add(
+            SeriesChunk(
+                experiment_id=experiment_id,
+                attempt=attempt,
+                name=name,
+                first_step=steps[0],
+                width=values.shape[1],
+                steps=np.asarray(steps, dtype=STEP_DTYPE).tobytes(),
+                values=np.ascontiguousarray(values, dtype=VALUE_DTYPE).tobytes(),
+            )
+        )
+    for ev in batch.events:
+        session.add(Event(experiment_id=experiment_id, attempt=attempt, **ev))
+    session.commit()
+    return True
+
+
+def heartbeat(session: Session, experiment_id: str, attempt: int) -> tuple[bool, bool]:
+    """Returns (still ours, cancel requested)."""
+    res = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.attempt == attempt,
+            Experiment.status == "running",
+        )
+        .values(heartbeat_at=utcnow())
+    )
+    session.commit()
+    if res.rowcount != 1:
+        return False, False
+    cancel = session.scalar(
+        select(Experiment.cancel_requested).where(Experiment.id == experiment_id)
+    )
+    return True, bool(cancel)
+
+
+def finish(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    status: str,
+    *,
+    summary: dict[str, Any] | None = None,
+    diagnosis: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    progress_step: int | None = None,
+) -> bool:
+    values: dict[str, Any] = dict(
+        status=status, summary=summary, diagnosis=diagnosis, error=error, finished_at=utcnow()
+    )
+    if progress_step is not None:
+        values["progress_step"] = progress_step
+    res = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.attempt == attempt,
+            Experiment.status == "running",
+        )
+        .values(**values)
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+def stale_cutoff(seconds: float):  # noqa: ANN201
+    return utcnow() - timedelta(seconds=seconds)

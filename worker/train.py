@@ -1,0 +1,276 @@
+"""The training loop: a plain function of a spec, with no database and no Celery in it.
+
+`train(spec, instruments)` builds the network and the task from the spec, trains, lets the
+instruments watch, hands recorded batches to `on_flush` as it goes, and returns the result.
+A run that produces NaN/Inf is a result (status `diverged`), not an exception."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from api.schemas import ExperimentCreate
+from models import RecurrentNet, RecurrentOutput, init_recurrent_net
+from worker.datasets import SequenceTask, make_task
+from worker.instruments.base import Batch, Instrument, Recorder
+from worker.nan_origin import locate_nonfinite
+from worker.optim import make_optimizer
+
+MAX_CONSECUTIVE_SKIPS = 100  # skip_step gives up (status diverged) after this many in a row
+
+Status = Literal["succeeded", "diverged", "cancelled"]
+
+
+@dataclass
+class StepContext:
+    step: int
+    output: RecurrentOutput
+    pred: Tensor
+    loss: Tensor
+    loss_value: float = math.nan
+    accuracy: float | None = None
+    grad_norm: Tensor | None = None  # global L2 norm before clipping
+    grad_norm_value: float = math.nan
+    finite: bool = True
+    clipped: bool = False
+    skipped: bool = False
+
+
+@dataclass
+class Run:
+    """What instruments may look at."""
+
+    spec: ExperimentCreate
+    task: SequenceTask
+    model: RecurrentNet
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dtype: torch.dtype
+    recorder: Recorder = field(default_factory=Recorder)
+    instrumented: bool = False
+
+
+@dataclass
+class TrainResult:
+    status: Status
+    summary: dict[str, Any]
+    steps_run: int
+    batch: Batch  # whatever was recorded after the last flush
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
+    m = spec.model
+    net = RecurrentNet(
+        task.input_size,
+        task.output_size,
+        cell=m.cell,
+        activation=m.activation,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        residual=m.residual,
+        dropout=m.dropout,
+    )
+    init_recurrent_net(net, m.init.recurrent, m.init.input, m.init.gain)
+    return net
+
+
+def forward(run: Run, x: Tensor) -> tuple[RecurrentOutput, Tensor]:
+    out = run.model(x)
+    pred = run.model.head(out.top[-1] if run.task.readout == "last" else out.top)
+    return out, pred
+
+
+def penalty(model: nn.Module, l1: float, l2: float) -> Tensor | None:
+    """Explicit L1/L2 penalties on weight matrices (biases are left alone)."""
+    weights = [p for p in model.parameters() if p.dim() >= 2]
+    terms = []
+    if l1:
+        terms.append(l1 * sum(w.abs().sum() for w in weights))
+    if l2:
+        terms.append(l2 * sum(w.pow(2).sum() for w in weights))
+    return sum(terms) if terms else None
+
+
+def clip(params: list[Tensor], spec: ExperimentCreate, norm: Tensor) -> bool:
+    """Clip in place as the spec says; returns whether clipping changed anything."""
+    c = spec.train.clip
+    grads = [p.grad for p in params if p.grad is not None]
+    if c.mode == "norm":
+        torch.nn.utils.clip_grads_with_norm_(params, c.max_norm, norm, foreach=True)
+        return bool(norm > c.max_norm)
+    if c.mode == "value":
+        fired = bool(torch.nn.utils.get_total_norm(grads, norm_type=math.inf) > c.clip_value)
+        torch.nn.utils.clip_grad_value_(params, c.clip_value, foreach=True)
+        return fired
+    return False
+
+
+class Validator:
+    """Loss and accuracy on the task's fixed held-out batch; tracks the milestones."""
+
+    def __init__(self, run: Run) -> None:
+        x, y = run.task.validation()
+        self.x, self.y = x.to(run.device, run.dtype), y.to(run.device)
+        if self.y.is_floating_point():
+            self.y = self.y.to(run.dtype)
+        self.best: float | None = None
+        self.last: tuple[float, float | None] | None = None
+        self.beat_baseline_at: int | None = None
+        self.solved_at: int | None = None
+
+    @torch.no_grad()
+    def __call__(self, run: Run, step: int) -> None:
+        run.model.eval()
+        _, pred = forward(run, self.x)
+        run.model.train()
+        loss = float(run.task.loss(pred, self.y))
+        acc = run.task.accuracy(pred, self.y)
+        acc = None if acc is None else float(acc)
+        self.last = (loss, acc)
+        run.recorder.record("val_loss", step, loss)
+        if acc is not None:
+            run.recorder.record("val_accuracy", step, acc)
+        if math.isfinite(loss):
+            self.best = loss if self.best is None else min(self.best, loss)
+            if self.beat_baseline_at is None and loss < run.task.baseline_loss:
+                self.beat_baseline_at = step
+            if self.solved_at is None and run.task.is_solved(loss, acc):
+                self.solved_at = step
+
+
+def train(
+    spec: ExperimentCreate,
+    instruments: Sequence[Instrument] = (),
+    *,
+    on_flush: Callable[[Batch, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    flush_every_steps: int = 200,
+    flush_every_s: float = 2.0,
+) -> TrainResult:
+    device = resolve_device(spec.train.device)
+    dtype = torch.float64 if spec.train.dtype == "float64" else torch.float32
+    torch.manual_seed(spec.seed)
+    task = make_task(spec.task)
+    model = build_model(spec, task).to(device=device, dtype=dtype)
+    optimizer = make_optimizer(spec.train.optimizer, model.parameters())
+    run = Run(spec, task, model, optimizer, device, dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    data_gen = torch.Generator().manual_seed(spec.seed)
+    validate = Validator(run)
+    for ins in instruments:
+        ins.start(run)
+
+    every = spec.instrument.every
+    n_steps = spec.train.steps
+    status: Status = "succeeded"
+    nan_events = skipped = consecutive_skips = clipped_steps = 0
+    halted_at: int | None = None
+    last_flush_t, last_flush_step = time.perf_counter(), 0
+    t0 = time.perf_counter()
+    step = -1
+    for step in range(n_steps):
+        if should_stop is not None and should_stop():
+            status = "cancelled"
+            break
+        run.instrumented = step % every == 0 or step == n_steps - 1
+        x, y = task.batch(spec.train.batch_size, data_gen)
+        x = x.to(device, dtype, non_blocking=True)
+        y = y.to(device, dtype if y.is_floating_point() else None, non_blocking=True)
+
+        out, pred = forward(run, x)
+        loss = task.loss(pred, y)
+        ctx = StepContext(step, out, pred.detach(), loss.detach())
+        for ins in instruments:
+            ins.before_backward(run, ctx)
+        extra = penalty(model, spec.train.l1, spec.train.l2)
+        optimizer.zero_grad(set_to_none=True)
+        (loss if extra is None else loss + extra).backward()
+
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = ctx.grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        acc = task.accuracy(ctx.pred, y)
+        ctx.accuracy = None if acc is None else float(acc)
+        # One host sync per step: the policy decides on it before the optimiser moves.
+        ctx.loss_value, ctx.grad_norm_value = (float(v) for v in torch.stack([loss.detach(), norm]))
+        ctx.finite = math.isfinite(ctx.loss_value) and math.isfinite(ctx.grad_norm_value)
+        for ins in instruments:
+            ins.after_backward(run, ctx)
+
+        if ctx.finite:
+            consecutive_skips = 0
+            ctx.clipped = clip(params, spec, norm)
+            clipped_steps += ctx.clipped
+            optimizer.step()
+        else:
+            nan_events += 1
+            origin = locate_nonfinite(model, out, pred, loss)
+            action = "halt" if spec.train.nan_policy == "halt" else "skip_step"
+            consecutive_skips += 1
+            if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                action = "halt"
+            run.recorder.event(
+                step,
+                "nonfinite",
+                origin=origin,
+                loss=ctx.loss_value,
+                grad_norm=ctx.grad_norm_value,
+                action=action,
+            )
+            ctx.skipped = True
+            skipped += 1
+        for ins in instruments:
+            ins.after_step(run, ctx)
+
+        if not ctx.finite and (
+            spec.train.nan_policy == "halt" or consecutive_skips >= MAX_CONSECUTIVE_SKIPS
+        ):
+            status, halted_at = "diverged", step
+            run.recorder.event(step, "halt", reason="non-finite loss or gradient")
+            break
+        if (step + 1) % spec.instrument.val_every == 0 or step == n_steps - 1:
+            validate(run, step)
+        now = time.perf_counter()
+        if on_flush is not None and (
+            step + 1 - last_flush_step >= flush_every_steps or now - last_flush_t >= flush_every_s
+        ):
+            on_flush(run.recorder.drain(), step + 1)
+            last_flush_t, last_flush_step = now, step + 1
+
+    steps_run = step + 1 if status != "cancelled" else step
+    wall = time.perf_counter() - t0
+    summary: dict[str, Any] = {}
+    for ins in instruments:
+        summary.update(ins.summary(run))
+    val_loss, val_acc = validate.last if validate.last else (None, None)
+    summary.update(
+        final_val_loss=val_loss,
+        best_val_loss=validate.best,
+        baseline_loss=task.baseline_loss,
+        beat_baseline_at_step=validate.beat_baseline_at,
+        solved_at_step=validate.solved_at,
+        accuracy=val_acc,
+        nan_events=nan_events,
+        skipped_steps=skipped,
+        halted_at_step=halted_at,
+        clip_fraction=clipped_steps / max(steps_run, 1),
+        steps_run=steps_run,
+        wall_time_s=wall,
+        steps_per_second=steps_run / wall if wall > 0 else None,
+        device=str(device),
+        dtype=spec.train.dtype,
+        parameters=sum(p.numel() for p in params),
+        torch_version=torch.__version__.split("+")[0],
+    )
+    return TrainResult(status, summary, steps_run, run.recorder.drain())
