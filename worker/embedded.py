@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from alembic import command
 from alembic.config import Config
@@ -59,10 +60,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         while api.poll() is None and worker.poll() is None:
-            try:
-                api.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
