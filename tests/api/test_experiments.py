@@ -1,0 +1,131 @@
+"""The experiment API against the real databases and brokers (both backends)."""
+
+import pytest
+
+from api.schemas import MAX_SEQ_LEN
+from tests.conftest import Backend
+
+SMALL = {"task": {"seq_len": 10}, "train": {"steps": 5}, "model": {"hidden_size": 8}}
+
+
+def assert_problem(resp, status: int, field: str | None = None) -> dict:  # noqa: ANN001
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+    return body
+
+
+def test_post_empty_spec_is_accepted_normalised_and_enqueued(client, backend: Backend) -> None:
+    before = backend.queue_depth()
+    # curl -d sends a form content type: the body is read as JSON whatever the type says.
+    resp = client.post(
+        "/v1/experiments",
+        content=b"{}",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert resp.headers["location"] == f"/v1/experiments/{body['id']}"
+    assert body["status"] == "queued" and body["attempt"] == 0
+    spec = body["spec"]
+    assert spec["task"] == {"name": "adding", "seq_len": 200}
+    assert spec["model"]["activation"] == "tanh" and spec["train"]["steps"] == 2000
+    assert body["progress"] == {"step": 0, "total_steps": 2000}
+    assert backend.queue_depth() == before + 1
+    got = client.get(body["links"]["self"]).json()
+    assert got["id"] == body["id"] and got["spec"] == spec
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model": {"hiden_size": 8}}, "model.hiden_size"),  # a typo is an error
+        ({"task": {"seq_len": MAX_SEQ_LEN + 1}}, "task.adding.seq_len"),
+        ({"train": {"steps": 0}}, "train.steps"),
+        ({"train": {"batch_size": "many"}}, "train.batch_size"),
+        ({"model": {"cell": "transformer"}}, "model.cell"),
+        ({"model": {"cell": "lstm", "activation": "relu"}}, "model"),
+        ({"task": {"name": "mnist"}}, "task"),
+        ({"train": {"optimizer": {"name": "sgd", "nesterov": True}}}, "train.optimizer"),
+    ],
+)
+def test_invalid_specs_are_422_naming_the_field(client, body: dict, field: str) -> None:
+    assert_problem(client.post("/v1/experiments", json=body), 422, field)
+
+
+def test_malformed_and_non_object_bodies(client) -> None:
+    assert_problem(client.post("/v1/experiments", content=b"{not json"), 400)
+    assert_problem(client.post("/v1/experiments", content=b"[1, 2]"), 422)
+    assert_problem(client.post("/v1/experiments", content=b"\xff\xfe"), 400)
+    assert_problem(client.post("/v1/experiments", content=b"x" * 70_000), 413)
+
+
+def test_over_the_compute_budget_is_422_with_estimate_and_limit(client) -> None:
+    spec = {
+        "task": {"seq_len": 5000},
+        "train": {"steps": 100_000, "batch_size": 1024},
+        "model": {"hidden_size": 1024, "num_layers": 8, "cell": "lstm"},
+    }
+    body = assert_problem(client.post("/v1/experiments", json=spec), 422, "train.steps")
+    assert body["estimate"] > body["limit"]
+
+
+def test_unknown_ids_and_paths_are_404_problems(client) -> None:
+    for path in [
+        "/v1/experiments/nope",
+        "/v1/experiments/" + "x" * 300,
+        "/v1/experiments/00000000-0000-0000-0000-000000000000/metrics",
+        "/v1/experiments/00000000-0000-0000-0000-000000000000/events",
+        "/v1/nothing",
+    ]:
+        assert_problem(client.get(path), 404)
+    assert_problem(client.post("/v1/experiments/nope/cancel"), 404)
+
+
+def test_idempotency_key_replays_and_conflicts(client, backend: Backend) -> None:
+    h = {"Idempotency-Key": "abc-123"}
+    first = client.post("/v1/experiments", json=SMALL, headers=h)
+    again = client.post("/v1/experiments", json=SMALL, headers=h)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert backend.queue_depth() == 1
+    assert_problem(client.post("/v1/experiments", json={**SMALL, "seed": 1}, headers=h), 409)
+
+
+def test_list_is_newest_first_filtered_and_paginated(client) -> None:
+    ids = [
+        client.post("/v1/experiments", json={**SMALL, "tags": ["a" if i % 2 else "b"]}).json()["id"]
+        for i in range(5)
+    ]
+    page1 = client.get("/v1/experiments", params={"limit": 2}).json()
+    page2 = client.get(
+        "/v1/experiments", params={"limit": 2, "cursor": page1["next_cursor"]}
+    ).json()
+    page3 = client.get(
+        "/v1/experiments", params={"limit": 2, "cursor": page2["next_cursor"]}
+    ).json()
+    seen = [e["id"] for p in (page1, page2, page3) for e in p["items"]]
+    assert seen == ids[::-1] and page3["next_cursor"] is None
+    tagged = client.get("/v1/experiments", params={"tag": "a"}).json()["items"]
+    assert [e["id"] for e in tagged] == [ids[3], ids[1]]
+    assert client.get("/v1/experiments", params={"status": "running"}).json()["items"] == []
+    assert_problem(client.get("/v1/experiments", params={"status": "bogus"}), 422, "query.status")
+    assert_problem(client.get("/v1/experiments", params={"cursor": "%%%"}), 400)
+    assert_problem(client.get("/v1/experiments", params={"limit": 0}), 422, "query.limit")
+
+
+def test_cancel_queued_then_finished_is_409(client) -> None:
+    exp = client.post("/v1/experiments", json=SMALL).json()
+    resp = client.post(f"/v1/experiments/{exp['id']}/cancel")
+    assert resp.status_code == 202 and resp.json()["status"] == "cancelled"
+    assert_problem(client.post(f"/v1/experiments/{exp['id']}/cancel"), 409)
+
+
+def test_health_and_readiness(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
