@@ -19,7 +19,8 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from api import db, queue, settings as settings_mod
+from api import db, queue
+from api import settings as settings_mod
 from api.tables import Base
 
 ROOT = Path(__file__).resolve().parents[1]
