@@ -1,7 +1,7 @@
 """Every database write the worker makes. Writes that finish an attempt are conditional on
 the row still being that attempt's, so a worker presumed dead cannot overwrite its retry."""
 
-from datetime import timedelta
+import math
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,18 @@ from sqlalchemy.orm import Session
 from api.tables import Event, Experiment, SeriesChunk, utcnow
 from api.traces import STEP_DTYPE, VALUE_DTYPE
 from worker.instruments.base import Batch
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or Infinity (PostgreSQL refuses them): they are stored as the strings
+    "nan", "inf" and "-inf", which say more than a null would."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
@@ -75,7 +87,7 @@ def write_batch(
             )
         )
     for ev in batch.events:
-        session.add(Event(experiment_id=experiment_id, attempt=attempt, **ev))
+        session.add(Event(experiment_id=experiment_id, attempt=attempt, **json_safe(ev)))
     session.commit()
     return True
 
@@ -112,7 +124,11 @@ def finish(
     progress_step: int | None = None,
 ) -> bool:
     values: dict[str, Any] = dict(
-        status=status, summary=summary, diagnosis=diagnosis, error=error, finished_at=utcnow()
+        status=status,
+        summary=json_safe(summary),
+        diagnosis=json_safe(diagnosis),
+        error=error,
+        finished_at=utcnow(),
     )
     if progress_step is not None:
         values["progress_step"] = progress_step
@@ -127,7 +143,3 @@ def finish(
     )
     session.commit()
     return res.rowcount == 1
-
-
-def stale_cutoff(seconds: float):  # noqa: ANN201
-    return utcnow() - timedelta(seconds=seconds)
