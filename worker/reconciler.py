@@ -91,13 +91,15 @@ def reconcile(
 def start_reconciler_thread(settings: Settings) -> threading.Thread:
     def loop() -> None:
         stop = threading.Event()
-        while not stop.wait(settings.reconcile_interval_s):
+        while True:  # a round at start-up too: a restarted worker picks up what its last life left
             try:
                 counts = reconcile(get_sessionmaker(), settings)
                 if any(counts.values()):
                     log.info("reconciler: %s", counts)
             except Exception:  # a database or broker outage: try again next round
                 log.warning("reconciler round failed", exc_info=True)
+            if stop.wait(settings.reconcile_interval_s):
+                return
 
     thread = threading.Thread(target=loop, daemon=True, name="reconciler")
     thread.start()

@@ -49,11 +49,17 @@ def claim(session: Session, experiment_id: str, worker: str) -> Experiment | Non
         return None
     row = session.get(Experiment, experiment_id, populate_existing=True)
     assert row is not None
-    # A failed attempt's partial traces are not mixed with this one's.
-    for table in (SeriesChunk, Event):
-        session.execute(
-            delete(table).where(table.experiment_id == experiment_id, table.attempt < row.attempt)
+    # A failed attempt's partial traces are not mixed with this one's; the record of why it
+    # was retried stays.
+    stale = (SeriesChunk.experiment_id == experiment_id, SeriesChunk.attempt < row.attempt)
+    session.execute(delete(SeriesChunk).where(*stale))
+    session.execute(
+        delete(Event).where(
+            Event.experiment_id == experiment_id,
+            Event.attempt < row.attempt,
+            Event.kind != "worker_lost",
         )
+    )
     session.commit()
     return row
 

@@ -1,0 +1,93 @@
+"""The API and real Celery worker processes on PostgreSQL + Redis and on the embedded
+default (SQLite + the SQLAlchemy broker): the whole loop, divergence, and SIGKILL."""
+
+import os
+import signal
+
+import pytest
+
+from tests.integration.workers import TERMINAL, start_worker, stop, wait_for
+from tests.worker.test_train import EXPLODING
+
+pytestmark = pytest.mark.integration
+
+SMALL = {
+    "task": {"seq_len": 10},
+    "model": {"hidden_size": 8},
+    "train": {"steps": 40, "batch_size": 8},
+    "instrument": {"every": 5, "val_every": 20},
+}
+# Long enough (several seconds on one thread) to be killed in the middle.
+LONG = {
+    "task": {"seq_len": 60},
+    "model": {"hidden_size": 32},
+    "train": {"steps": 1500, "batch_size": 16},
+    "instrument": {"every": 50, "val_every": 500},
+}
+
+
+def status_of(client, exp_id: str) -> dict:  # noqa: ANN001
+    return client.get(f"/v1/experiments/{exp_id}").json()
+
+
+def test_worker_runs_experiments_and_survives_divergence(client, backend, tmp_path) -> None:
+    worker = start_worker(backend, tmp_path)
+    try:
+        ids = [
+            client.post("/v1/experiments", json=s).json()["id"]
+            for s in (SMALL, {**SMALL, **EXPLODING}, SMALL)
+        ]
+        for exp_id in ids:
+            wait_for(lambda i=exp_id: status_of(client, i)["status"] in TERMINAL, 120, "a run")
+        assert [status_of(client, i)["status"] for i in ids] == [
+            "succeeded",
+            "diverged",
+            "succeeded",
+        ]
+        metrics = client.get(f"/v1/experiments/{ids[0]}/metrics").json()
+        assert metrics["steps"] == list(range(40))
+        events = client.get(f"/v1/experiments/{ids[1]}/events").json()["items"]
+        assert events[0]["kind"] == "nonfinite" and events[0]["detail"]["origin"]["where"]
+        assert worker.poll() is None
+    finally:
+        stop(worker)
+
+
+def kill_mid_run(client, backend, tmp_path, **env: str) -> str:  # noqa: ANN001
+    first = start_worker(backend, tmp_path, **env)
+    try:
+        exp_id = client.post("/v1/experiments", json=LONG).json()["id"]
+        wait_for(lambda: status_of(client, exp_id)["progress"]["step"] > 0, 120, "progress")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        stop(first)
+    assert status_of(client, exp_id)["status"] == "running"
+    return exp_id
+
+
+def test_sigkill_mid_run_is_run_again_to_the_end(client, backend, tmp_path) -> None:
+    exp_id = kill_mid_run(client, backend, tmp_path)
+    second = start_worker(backend, tmp_path)
+    try:
+        wait_for(lambda: status_of(client, exp_id)["status"] in TERMINAL, 180, "the re-run")
+    finally:
+        stop(second)
+    exp = status_of(client, exp_id)
+    assert exp["status"] == "succeeded" and exp["attempt"] == 2
+    # the killed attempt's partial traces are gone, the retry's are whole
+    assert client.get(f"/v1/experiments/{exp_id}/metrics").json()["steps"] == list(range(1500))
+    kinds = [e["kind"] for e in client.get(f"/v1/experiments/{exp_id}/events").json()["items"]]
+    assert kinds == ["worker_lost"]
+
+
+def test_sigkill_with_no_attempts_left_is_failed_with_the_reason(client, backend, tmp_path) -> None:
+    exp_id = kill_mid_run(client, backend, tmp_path, MAX_ATTEMPTS="1")
+    second = start_worker(backend, tmp_path, MAX_ATTEMPTS="1")
+    try:
+        wait_for(lambda: status_of(client, exp_id)["status"] in TERMINAL, 60, "the verdict")
+    finally:
+        stop(second)
+    exp = status_of(client, exp_id)
+    assert exp["status"] == "failed" and exp["error"]["type"] == "worker_lost"
+    assert "no heartbeat" in exp["error"]["message"]
