@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from models.cells import ElmanLayer
+from models.norm_cells import make_norm_layer
 
 FUSED_RNN_ACTIVATIONS = {"tanh", "relu"}
 
@@ -20,7 +21,11 @@ class RecurrentOutput:
     inputs: list[Tensor]  # per layer (T, B, I_l): what that layer read
 
 
-def make_layer(cell: str, activation: str | None, input_size: int, hidden: int) -> nn.Module:
+def make_layer(
+    cell: str, activation: str | None, input_size: int, hidden: int, norm: str = "none"
+) -> nn.Module:
+    if norm != "none":  # normalisation sits inside the recurrence: no fused kernel has it
+        return make_norm_layer(cell, activation, input_size, hidden, norm)
     if cell == "lstm":
         return nn.LSTM(input_size, hidden)
     if cell == "gru":
@@ -42,6 +47,7 @@ class RecurrentNet(nn.Module):
         num_layers: int = 1,
         residual: bool = False,
         dropout: float = 0.0,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         self.cell = cell
@@ -49,7 +55,7 @@ class RecurrentNet(nn.Module):
         self.hidden_size = hidden_size
         self.residual = residual
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.rnn = nn.ModuleList(make_layer(cell, activation, i, hidden_size) for i in sizes)
+        self.rnn = nn.ModuleList(make_layer(cell, activation, i, hidden_size, norm) for i in sizes)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, output_size)
 
