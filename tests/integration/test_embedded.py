@@ -1,0 +1,79 @@
+"""The embedded default end to end, as `make run` starts it: migrations, one worker and the
+API in one command on a SQLite file and the SQLAlchemy broker; driven over real HTTP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.workers import TERMINAL, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/gradlab.sqlite",
+        "BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.sqlite",
+    }
+    log = open(tmp_path / "embedded.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.embedded"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, 60, "the API")
+        # as in the README: curl -X POST .../v1/experiments -d '...'
+        spec = b'{"task": {"seq_len": 20}, "model": {"hidden_size": 16}, "train": {"steps": 60}}'
+        resp = httpx.post(
+            f"{base}/v1/experiments",
+            content=spec,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status_code == 202, resp.text
+        location = resp.headers["location"]
+        done = wait_for(
+            lambda: (b := httpx.get(base + location).json())["status"] in TERMINAL and b,
+            120,
+            "the run",
+        )
+        assert done["status"] == "succeeded" and done["summary"]["steps_run"] == 60
+        metrics = httpx.get(f"{base}{location}/metrics").json()
+        assert len(metrics["loss"]) == 60
+        bad = httpx.post(f"{base}/v1/experiments", content=b'{"train": {"steps": -1}}')
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "train.steps"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode == 0, (tmp_path / "embedded.log").read_text()[-3000:]
