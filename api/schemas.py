@@ -69,7 +69,16 @@ class ModelSpec(Strict):
     activation: Activation | None = Field(None, description="rnn only; default tanh")
     hidden_size: int = Field(128, ge=1, le=MAX_HIDDEN)
     num_layers: int = Field(1, ge=1, le=MAX_LAYERS)
-    norm: Literal["none"] = "none"
+    norm: Literal["none", "layer", "batch"] = Field(
+        "none",
+        description=(
+            "normalisation inside the recurrence, of the input and recurrent pre-activations "
+            "(and an lstm's cell state): 'layer' (Ba et al. 2016) per example over each gate "
+            "block; 'batch' (Cooijmans et al. 2016) over the batch with statistics per time "
+            "step, evaluated with per-step running statistics (steps beyond the trained "
+            "length use the last). Either runs a python loop over time, not a fused kernel"
+        ),
+    )
     residual: bool = Field(False, description="h_l + h_(l-1) between stacked layers")
     dropout: float = Field(0.0, ge=0, lt=1, description="between stacked layers")
     init: InitSpec = InitSpec()
@@ -89,7 +98,17 @@ class OptimizerSpec(Strict):
     lr: float = Field(1e-3, gt=0, le=100)
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop")
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled for adamw, L2 else")
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "L2 as weight decay, applied by the optimiser to every parameter (biases and norm "
+            "gains included): adamw decays decoupled from the gradient, w -= lr * wd * w; sgd, "
+            "adam and rmsprop add wd * w to the gradient (the gradient of (wd/2) ||w||^2), "
+            "which adam/rmsprop then rescale. Not in the loss; see train.l2 for that"
+        ),
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "OptimizerSpec":
@@ -104,13 +123,39 @@ class ClipSpec(Strict):
     clip_value: float = Field(1.0, gt=0)
 
 
+class ScheduleSpec(Strict):
+    """Learning rate at update s (0-based) is optimizer.lr times a factor: a linear warm-up
+    (s + 1) / warmup_steps for s < warmup_steps, then with u = s - warmup_steps:
+    constant 1; step gamma ** (u // step_size); cosine (1 + cos(pi * u / (steps -
+    warmup_steps))) / 2, from 1 down towards 0 at the last step."""
+
+    name: Literal["constant", "cosine", "step"] = "constant"
+    step_size: int = Field(1000, ge=1, le=MAX_STEPS, description="step: updates per decay")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: factor per decay")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up first")
+
+
 class TrainSpec(Strict):
     steps: int = Field(2000, ge=1, le=MAX_STEPS)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     optimizer: OptimizerSpec = OptimizerSpec()
     clip: ClipSpec = ClipSpec()
-    l1: float = Field(0.0, ge=0, le=1, description="explicit penalty l1 * sum|w| in the loss")
-    l2: float = Field(0.0, ge=0, le=1, description="explicit penalty l2 * sum w^2 in the loss")
+    l1: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="explicit penalty l1 * sum |w| added to the loss, over weight matrices only "
+        "(biases and norm gains are left alone)",
+    )
+    l2: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="L2 as explicit penalty l2 * sum w^2 added to the loss, over weight "
+        "matrices only; its gradient 2 * l2 * w goes through clipping and the optimiser like "
+        "the loss's own. For L2 as weight decay see optimizer.weight_decay",
+    )
+    schedule: ScheduleSpec = ScheduleSpec()
     dtype: Literal["float32", "float64"] = "float32"
     nan_policy: Literal["halt", "skip_step"] = "halt"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -20,7 +20,7 @@ from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from worker.datasets import SequenceTask, make_task
 from worker.instruments.base import Batch, Instrument, Recorder
 from worker.nan_origin import locate_nonfinite
-from worker.optim import make_optimizer
+from worker.optim import lr_factor, make_optimizer, set_lr
 
 MAX_CONSECUTIVE_SKIPS = 100  # skip_step gives up (status diverged) after this many in a row
 
@@ -81,6 +81,7 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
         num_layers=m.num_layers,
         residual=m.residual,
         dropout=m.dropout,
+        norm=m.norm,
     )
     init_recurrent_net(net, m.init.recurrent, m.init.input, m.init.gain)
     return net
@@ -185,6 +186,10 @@ def train(
             status = "cancelled"
             break
         run.instrumented = step % every == 0 or step == n_steps - 1
+        lr = spec.train.optimizer.lr * lr_factor(spec.train.schedule, step, n_steps)
+        set_lr(optimizer, lr)
+        if run.instrumented:
+            run.recorder.record("lr", step, lr)
         x, y = task.batch(spec.train.batch_size, data_gen)
         x = x.to(device, dtype, non_blocking=True)
         y = y.to(device, dtype if y.is_floating_point() else None, non_blocking=True)

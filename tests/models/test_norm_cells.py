@@ -1,5 +1,7 @@
 """Layer and batch normalisation inside the recurrence (models/norm_cells.py)."""
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -18,6 +20,15 @@ from models.norm_cells import (
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "elu"), ("lstm", None), ("gru", None)]
 T, B, I, H = 6, 16, 3, 8  # noqa: E741
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """These tensors are tiny: a second thread only adds contention on a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def linear_layer(norm: str, *, zero_ih: bool = False, zero_hh: bool = False) -> NormRNNLayer:
