@@ -83,6 +83,10 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
         dropout=m.dropout,
         norm=m.norm,
     )
+    # Initialise in the run's dtype: an orthogonal W_hh drawn in float32 and cast is
+    # orthogonal only to ~1e-7, which a float64 run would see in its profiles.
+    if spec.train.dtype == "float64":
+        net = net.double()
     init_recurrent_net(net, m.init.recurrent, m.init.input, m.init.gain)
     return net
 
