@@ -3,7 +3,7 @@
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import experiments, health
+from api.routes import experiments, health, sweeps
 
 
 def create_app() -> FastAPI:
@@ -16,6 +16,7 @@ def create_app() -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(experiments.router)
+    app.include_router(sweeps.router)
     return app
 
 

@@ -161,9 +161,16 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+OptionalInstrument = Literal["temporal", "spectrum", "saturation", "update_ratio", "clipping"]
+
+
 class InstrumentSpec(Strict):
     every: int = Field(10, ge=1, le=10_000, description="instrumented-step interval")
     val_every: int = Field(100, ge=1, le=100_000, description="validation interval")
+    on: list[OptionalInstrument] = Field(
+        default_factory=lambda: ["temporal", "spectrum", "saturation", "update_ratio", "clipping"],
+        description="which instruments run beyond loss and gradient norms (always on); default all",
+    )
 
 
 class ExperimentCreate(Strict):
@@ -219,6 +226,7 @@ class ExperimentRead(BaseModel):
     name: str | None
     tags: list[str]
     sweep_id: str | None = None
+    sweep_params: dict[str, Any] | None = None
     attempt: int
     created_at: datetime
     started_at: datetime | None
@@ -259,3 +267,26 @@ class EventRead(BaseModel):
 
 class EventsRead(BaseModel):
     items: list[EventRead]
+
+
+MAX_SWEEP_EXPERIMENTS = 200  # grid points x seeds in one sweep
+MAX_GRID_FACTORS = 6
+MAX_GRID_LEVELS = 20
+MAX_SEEDS = 20
+
+
+class SweepCreate(Strict):
+    """A grid of specs: `base` (a partial spec), `grid` (dotted spec paths -> values; an object
+    value is merged at that path; the path `variant` takes partial specs with a `label`), and
+    `seeds`. Or `preset`: a built-in study (its base and grid; `seeds` may override)."""
+
+    name: str | None = Field(None, max_length=200)
+    preset: str | None = Field(None, max_length=100)
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[
+        Annotated[str, Field(min_length=1, max_length=100)],
+        Annotated[list[Any], Field(min_length=1, max_length=MAX_GRID_LEVELS)],
+    ] = Field(default_factory=dict, max_length=MAX_GRID_FACTORS)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None, min_length=1, max_length=MAX_SEEDS, description="default [0]"
+    )

@@ -45,6 +45,7 @@ class Experiment(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     owner: Mapped[str | None] = mapped_column(String(100), index=True)
     sweep_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # its grid values
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
@@ -100,3 +101,15 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sweep(Base):
+    """A grid of experiments; its experiments carry its id."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(100), index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved base, grid, seeds, preset
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -25,6 +25,7 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
         "name": row.name,
         "tags": row.tags or [],
         "sweep_id": row.sweep_id,
+        "sweep_params": row.sweep_params,
         "attempt": row.attempt,
         "created_at": as_utc(row.created_at),
         "started_at": as_utc(row.started_at),

@@ -191,12 +191,15 @@ def list_experiments(
     session: SessionDep,
     status: StatusName | None = None,
     tag: Annotated[str | None, Query(max_length=50)] = None,
+    sweep_id: Annotated[str | None, Query(max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSON:
     q = select(Experiment).where(Experiment.owner == DEFAULT_OWNER)
     if status:
         q = q.where(Experiment.status == status)
+    if sweep_id:
+        q = q.where(Experiment.sweep_id == sweep_id)
     if cursor:
         created, row_id = _decode_cursor(cursor)
         q = q.where(

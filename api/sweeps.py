@@ -1,0 +1,236 @@
+"""Expanding a sweep into specs, and comparing its experiments. Pure functions: no database."""
+
+import copy
+import itertools
+import math
+import statistics
+from collections import Counter
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.presets import PRESETS
+from api.problems import Problem
+from api.schemas import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
+
+VARIANT = "variant"
+TERMINAL = {"succeeded", "diverged", "failed", "cancelled"}
+
+
+def deep_merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    """`model.cell` -> spec["model"]["cell"]; an object value is merged there."""
+    if path == VARIANT:
+        deep_merge(spec, {k: v for k, v in value.items() if k != "label"})
+        return
+    *parents, leaf = path.split(".")
+    node = spec
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: {p} is not an object")
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        deep_merge(node[leaf], value)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def level_label(path: str, value: Any) -> Any:
+    return value.get("label", value) if path == VARIANT and isinstance(value, dict) else value
+
+
+def resolve(req: SweepCreate) -> SweepCreate:
+    """A preset request becomes its base, grid and seeds."""
+    if req.preset is None:
+        return req
+    if req.preset not in PRESETS:
+        raise Problem(
+            422,
+            "Unknown preset",
+            f"no preset {req.preset!r}; known: {', '.join(sorted(PRESETS))}",
+            "validation",
+            errors=[{"field": "preset", "message": "unknown preset", "type": "value"}],
+        )
+    if req.base or req.grid:
+        raise Problem(
+            422,
+            "Invalid request",
+            "a preset takes no base or grid",
+            "validation",
+            errors=[{"field": "preset", "message": "preset with base/grid", "type": "value"}],
+        )
+    p = PRESETS[req.preset]
+    return SweepCreate(
+        name=req.name or p["name"],
+        preset=req.preset,
+        base=p["base"],
+        grid=p["grid"],
+        seeds=req.seeds or p["seeds"],
+    )
+
+
+def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], ExperimentCreate]]:
+    """Every grid point x seed as (params, validated spec). The first invalid point is a 422
+    naming it; nothing is queued."""
+    for path, levels in req.grid.items():
+        if path == VARIANT and not all(isinstance(v, dict) and "label" in v for v in levels):
+            raise Problem(
+                422,
+                "Invalid grid",
+                "every `variant` is an object with a `label`",
+                "validation",
+                errors=[
+                    {"field": "grid.variant", "message": "objects with a label", "type": "value"}
+                ],
+            )
+    seeds = req.seeds or [0]
+    paths = list(req.grid)
+    n = math.prod(len(v) for v in req.grid.values()) * len(seeds)
+    if n > MAX_SWEEP_EXPERIMENTS:
+        raise Problem(
+            422,
+            "Sweep too large",
+            f"{n} experiments; the limit is {MAX_SWEEP_EXPERIMENTS}",
+            "sweep-too-large",
+            experiments=n,
+            limit=MAX_SWEEP_EXPERIMENTS,
+            errors=[{"field": "grid", "message": "too many points", "type": "limit"}],
+        )
+    out = []
+    for combo in itertools.product(*(req.grid[p] for p in paths)):
+        params = {p: level_label(p, v) for p, v in zip(paths, combo, strict=True)}
+        for seed in seeds:
+            raw = copy.deepcopy(req.base)
+            try:
+                for p, v in zip(paths, combo, strict=True):
+                    set_path(raw, p, v)
+                raw["seed"] = seed
+                spec = ExperimentCreate.model_validate(raw)
+            except (ValidationError, ValueError) as exc:
+                errors = (
+                    [
+                        {
+                            "field": ".".join(str(x) for x in e["loc"]) or None,
+                            "message": e["msg"],
+                            "type": e["type"],
+                        }
+                        for e in exc.errors()
+                    ]
+                    if isinstance(exc, ValidationError)
+                    else [{"field": None, "message": str(exc), "type": "value"}]
+                )
+                raise Problem(
+                    422,
+                    "Invalid grid point",
+                    f"the point {params} (seed {seed}) is not a valid spec",
+                    "validation",
+                    point=params,
+                    errors=errors,
+                ) from exc
+            if estimated_cost(spec) > max_cost:
+                raise Problem(
+                    422,
+                    "Over the compute budget",
+                    f"the point {params} costs {estimated_cost(spec):.3g}, over {max_cost:.3g}",
+                    "budget",
+                    point=params,
+                    errors=[{"field": "grid", "message": "over budget", "type": "budget"}],
+                )
+            out.append((params, spec))
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Effectiveness measures over the seeds of one grid point. `runs` are experiment views:
+    status, summary, diagnosis. Only finished runs enter the statistics."""
+    done = [r for r in runs if r["status"] in TERMINAL]
+    summaries = [r.get("summary") or {} for r in done]
+    losses = [v for s in summaries if (v := _num(s.get("final_val_loss"))) is not None]
+    solved = [s["solved_at_step"] for s in summaries if s.get("solved_at_step") is not None]
+    beat = [
+        s["beat_baseline_at_step"] for s in summaries if s.get("beat_baseline_at_step") is not None
+    ]
+    accs = [v for s in summaries if (v := _num(s.get("accuracy"))) is not None]
+    grads = [v for s in summaries if (v := _num(s.get("max_grad_norm"))) is not None]
+    evidence = [(r.get("diagnosis") or {}).get("evidence") or {} for r in done]
+    horizons = [v for e in evidence if (v := _num(e.get("effective_horizon"))) is not None]
+    verdicts = Counter(
+        (r.get("diagnosis") or {}).get("verdict") for r in done if r.get("diagnosis")
+    )
+    return {
+        "runs": len(runs),
+        "finished": len(done),
+        "final_val_loss": {
+            "mean": _mean(losses),
+            "std": statistics.pstdev(losses) if len(losses) > 1 else (0.0 if losses else None),
+            "min": min(losses, default=None),
+            "max": max(losses, default=None),
+        },
+        "solved": len(solved),
+        "solved_fraction": len(solved) / len(done) if done else None,
+        "steps_to_solve": {
+            "mean": _mean(solved),
+            "median": statistics.median(solved) if solved else None,
+        },
+        "steps_to_beat_baseline": {"mean": _mean(beat)},
+        "diverged": sum(r["status"] == "diverged" for r in done),
+        "failed": sum(r["status"] == "failed" for r in done),
+        "nan_events": sum(int(_num(s.get("nan_events")) or 0) for s in summaries),
+        "max_grad_norm": max(grads, default=None),
+        "effective_horizon": {"mean": _mean(horizons)},
+        "accuracy": {"mean": _mean(accs)},
+        "verdicts": dict(verdicts),
+    }
+
+
+def rank_key(stats: dict[str, Any]) -> tuple:
+    """Most solved first, then fewest diverged, then lowest final validation loss."""
+    loss = stats["final_val_loss"]["mean"]
+    return (
+        -(stats["solved_fraction"] or 0),
+        stats["diverged"],
+        loss if loss is not None else math.inf,
+    )
+
+
+def effects(points: list[dict[str, Any]], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """For each factor: its levels, aggregated over every other factor and seed."""
+    out = []
+    for path, levels in grid.items():
+        rows = []
+        for level in levels:
+            label = level_label(path, level)
+            runs = [r for p in points if p["params"][path] == label for r in p["_runs"]]
+            s = aggregate(runs)
+            rows.append(
+                {
+                    "value": label,
+                    "runs": s["runs"],
+                    "finished": s["finished"],
+                    "solved": s["solved"],
+                    "diverged": s["diverged"],
+                    "mean_final_val_loss": s["final_val_loss"]["mean"],
+                }
+            )
+        text = "; ".join(
+            f"{r['value']}: diverged {r['diverged']}/{r['finished']}, "
+            f"solved {r['solved']}/{r['finished']}"
+            for r in rows
+        )
+        out.append({"factor": path, "levels": rows, "summary": f"{path} -> {text}"})
+    return out
