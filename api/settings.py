@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     max_cost: float = Field(5e13, gt=0)
 
     worker_name: str | None = None
+    # Threads torch may use in a worker; 1 per worker when several share a CPU.
+    torch_threads: int | None = Field(None, ge=1)
 
 
 @lru_cache

@@ -2,7 +2,7 @@
 step, per-parameter gradient norms every `instrument.every` steps, the NaN/Inf guard) vs. a plain
 PyTorch loop on the same model and the same data. Prints the figures and the ratio.
 
-    .venv/bin/python bench/step_overhead.py [--cell lstm --layers 2 --hidden 128 --batch 64 --seq-len 100]
+    .venv/bin/python bench/step_overhead.py [--cell lstm --layers 2 --hidden 128 --seq-len 100]
 """
 
 import argparse
@@ -51,21 +51,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    spec = ExperimentCreate.model_validate({
-        "task": {"name": "adding", "seq_len": args.seq_len},
-        "model": {"cell": args.cell, "hidden_size": args.hidden, "num_layers": args.layers},
-        "train": {"steps": args.steps, "batch_size": args.batch, "device": "cpu"},
-        "instrument": {"every": 10, "val_every": 10**5},
-    })
+    spec = ExperimentCreate.model_validate(
+        {
+            "task": {"name": "adding", "seq_len": args.seq_len},
+            "model": {"cell": args.cell, "hidden_size": args.hidden, "num_layers": args.layers},
+            "train": {"steps": args.steps, "batch_size": args.batch, "device": "cpu"},
+            "instrument": {"every": 10, "val_every": 10**5},
+        }
+    )
     plain_loop(spec, 10)  # warm-up: allocator, threads
     plain, service = [], []
     for _ in range(args.repeats):  # interleaved, so drift hits both alike
         plain.append(plain_loop(spec, args.steps))
         service.append(service_loop(spec))
     p, s = statistics.median(plain), statistics.median(service)
-    print(f"config: {args.cell}, {args.layers} layers, hidden {args.hidden}, batch {args.batch}, "
-          f"T={args.seq_len}, {args.steps} steps x {args.repeats} repeats, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"config: {args.cell}, {args.layers} layers, hidden {args.hidden}, batch {args.batch}, "
+        f"T={args.seq_len}, {args.steps} steps x {args.repeats} repeats, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"plain PyTorch loop : {p:8.2f} ms/step")
     print(f"gradlab train()    : {s:8.2f} ms/step")
     print(f"ratio              : {s / p:8.3f}")

@@ -9,6 +9,8 @@ import socket
 import threading
 import traceback
 
+import torch
+
 from api.db import get_sessionmaker
 from api.schemas import ExperimentCreate
 from api.settings import Settings, get_settings
@@ -82,6 +84,8 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
     """Run one queued experiment. Returns its final status, or None when it was not ours to run
     (already claimed, finished or cancelled: a duplicate delivery is harmless)."""
     settings = settings or get_settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     with get_sessionmaker()() as s:
         row = store.claim(s, experiment_id, worker_name(settings))
     if row is None:
