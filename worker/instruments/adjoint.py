@@ -12,6 +12,7 @@ that expose `step(x_t, state) -> state` go through a generic unrolled autograd r
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,10 +88,29 @@ def _pre(
     return flat.view(e - s, x.shape[1], -1)
 
 
-@torch.no_grad()
+# Gates recomputed for an output tensor, while it lives: the temporal profile and the
+# saturation instrument both need them at the same step, and recomputing costs a GEMM.
+_gate_cache: dict[int, tuple[int, Gates]] = {}
+
+
 def gates(layer: nn.Module, x: Tensor, h: Tensor) -> Gates:
-    """Recompute an lstm's or gru's gates from its input x (T, B, I) and outputs h (T, B, H).
-    Block by block in time: at long T, passes over the whole (T, B, G, H) are the cost."""
+    """An lstm's or gru's gates for its input x (T, B, I) and outputs h (T, B, H), computed
+    once per h: the entry goes when h is freed (or changed in place)."""
+    key = id(h)
+    hit = _gate_cache.get(key)
+    if hit is not None and hit[0] == h._version:
+        return hit[1]
+    g = _gates(layer, x, h)
+    if not _gate_cache.get(key):
+        weakref.finalize(h, _gate_cache.pop, key, None)
+    _gate_cache[key] = (h._version, g)
+    return g
+
+
+@torch.no_grad()
+def _gates(layer: nn.Module, x: Tensor, h: Tensor) -> Gates:
+    """Recompute the gates block by block in time: at long T, passes over the whole
+    (T, B, G, H) are the cost."""
     t_len, b, n = h.shape
     lstm = isinstance(layer, nn.LSTM)
     v = h.new_empty(t_len, b, 4 if lstm else 3, n)
@@ -256,11 +276,10 @@ def hidden_adjoint(
     kind = layer_kind(layer)
     if kind is None:
         return None
-    x, h, direct = x.detach(), h.detach(), direct.detach()
     if kind == "step":
-        return unrolled(layer.step, x, direct)
+        return unrolled(layer.step, x.detach(), direct.detach())
     if method == "unrolled":
-        return unrolled(cell_step(layer, kind), x, direct)
+        return unrolled(cell_step(layer, kind), x.detach(), direct.detach())
     with torch.no_grad():
         w_hh = layer.weight_hh_l0.detach()
         if kind == "lstm":

@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch import nn
+
+from models import RecurrentNet, init_recurrent_net
+from tests.worker.instruments.helpers import small_spec
+from worker.instruments.spectrum import Spectrum, block_spectrum
+from worker.train import train
+
+
+@pytest.mark.parametrize("gain", [0.5, 1.0, 1.7])
+def test_orthogonal_block_has_sigma_and_radius_equal_to_gain(gain: float) -> None:
+    torch.manual_seed(0)
+    w = torch.empty(32, 32, dtype=torch.float64)
+    nn.init.orthogonal_(w, gain=gain)
+    (sigma, radius) = block_spectrum(w)["hh"]
+    assert float(sigma) == pytest.approx(gain, rel=1e-12)
+    assert float(radius) == pytest.approx(gain, rel=1e-10)  # every eigenvalue on |z| = gain
+
+
+def test_gate_blocks_match_torch_linalg_on_each_block() -> None:
+    torch.manual_seed(1)
+    net = RecurrentNet(2, 1, cell="lstm", hidden_size=16).double()
+    init_recurrent_net(net, "normal", "xavier_uniform", 1.0)
+    w = net.rnn[0].weight_hh_l0.detach()
+    got = block_spectrum(w)
+    assert list(got) == ["i", "f", "g", "o"]
+    for k, name in enumerate("ifgo"):
+        block = w[16 * k : 16 * (k + 1)]
+        sigma, radius = got[name]
+        assert float(sigma) == pytest.approx(float(torch.linalg.matrix_norm(block, ord=2)))
+        want_radius = float(torch.linalg.eigvals(block).abs().max())
+        assert float(radius) == pytest.approx(want_radius, rel=1e-10)
+        assert float(radius) <= float(sigma) + 1e-12
+
+
+def test_recorded_per_layer_and_block_during_training() -> None:
+    spec = small_spec(
+        model={"cell": "gru", "num_layers": 2, "init": {"recurrent": "orthogonal", "gain": 0.8}},
+        train={"steps": 2, "optimizer": {"name": "sgd", "lr": 1e-9}},
+    )
+    res = train(spec, [Spectrum()])
+    for layer in ("0", "1"):
+        for block in "rzn":
+            steps, v = res.batch.series[f"spectrum/{layer}/{block}/sigma_max"]
+            assert steps == [0, 1]
+            assert v[0, 0] == pytest.approx(0.8, rel=1e-5)  # step 0 sees the initial matrix
+    assert res.summary["spectrum"]["1"]["z"]["radius"] == pytest.approx(0.8, rel=1e-4)
+
+
+def test_instrument_toggles_in_the_spec() -> None:
+    from worker.instruments import default_instruments
+
+    names = [i.name for i in default_instruments(small_spec())]
+    assert names == [
+        "loss",
+        "grad_norms",
+        "temporal",
+        "spectrum",
+        "saturation",
+        "update_ratio",
+        "clipping",
+    ]
+    only = default_instruments(small_spec(instrument={"on": ["spectrum"]}))
+    assert [i.name for i in only] == ["loss", "grad_norms", "spectrum"]

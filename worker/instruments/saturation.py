@@ -1,0 +1,81 @@
+"""Saturation per layer at instrumented steps, over every (t, example, unit) of the batch:
+
+- tanh units (an rnn's h, an lstm's g gate, a gru's n gate): fraction with |value| > 0.99;
+- sigmoid units (an rnn's h, lstm i/f/o, gru r/z): fraction below 0.01 or above 0.99;
+- relu (rnn): fraction of dead units, a unit being dead when it is exactly 0 for every
+  example at every time step of the batch (it then passes no gradient at all this step).
+Leaky ReLU, ELU and linear units neither saturate nor die and get no series."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from worker.instruments.adjoint import gates, layer_kind
+from worker.instruments.base import Instrument
+
+if TYPE_CHECKING:
+    from worker.train import Run, StepContext
+
+TANH_BOUND = 0.99  # |tanh| beyond this: derivative below 0.02
+SIGMOID_MARGIN = 0.01  # sigmoid within this of 0 or 1: derivative below ~0.01
+
+
+def tanh_saturated(v: Tensor) -> Tensor:
+    return (v.abs() > TANH_BOUND).double().mean()
+
+
+def sigmoid_saturated(v: Tensor) -> Tensor:
+    return ((v < SIGMOID_MARGIN) | (v > 1 - SIGMOID_MARGIN)).double().mean()
+
+
+def dead_relu(h: Tensor) -> Tensor:
+    # h: (T, B, H) -> fraction of the H units zero everywhere
+    return (h == 0).flatten(0, 1).all(dim=0).double().mean()
+
+
+@torch.no_grad()
+def layer_saturation(layer: nn.Module, x: Tensor, h: Tensor) -> dict[str, Tensor]:
+    """Named fractions for one layer: its input x (T, B, I), its outputs h (T, B, H)."""
+    kind = layer_kind(layer)
+    act = getattr(layer, "activation", None) if kind == "step" else None
+    if kind in ("lstm", "gru"):
+        g = gates(layer, x, h)
+        return {
+            name: tanh_saturated(v) if name in ("g", "n") else sigmoid_saturated(v)
+            for name, v in zip(g.names, g.values.unbind(2), strict=True)
+        }
+    act = kind.split(":", 1)[1] if kind and kind.startswith("rnn:") else act
+    h = h.detach()
+    if act == "tanh":
+        return {"tanh": tanh_saturated(h)}
+    if act == "sigmoid":
+        return {"sigmoid": sigmoid_saturated(h)}
+    if act == "relu":
+        return {"dead_relu": dead_relu(h)}
+    return {}
+
+
+class Saturation(Instrument):
+    name = "saturation"
+
+    def start(self, run: Run) -> None:
+        self.last: dict[str, dict[str, Tensor]] = {}
+
+    def after_backward(self, run: Run, ctx: StepContext) -> None:
+        if not run.instrumented:
+            return
+        out = ctx.output
+        for i, (layer, x, h) in enumerate(zip(run.model.rnn, out.inputs, out.layers, strict=True)):
+            fractions = layer_saturation(layer, x, h)
+            for name, value in fractions.items():
+                run.recorder.record(f"saturation/{i}/{name}", ctx.step, value)
+            if fractions:
+                self.last[str(i)] = fractions
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        return {
+            "saturation": {i: {k: float(v) for k, v in d.items()} for i, d in self.last.items()}
+        }

@@ -1,0 +1,49 @@
+"""Update ratio ||W_after - W_before|| / ||W_before|| and the weight norm ||W_after|| per
+parameter at instrumented steps: the seeds' sign of vanishing is early layers that barely move
+while later ones do. A parameter that starts at zero (a bias) has ratio inf until it moves."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from worker.instruments.base import Instrument
+
+if TYPE_CHECKING:
+    from worker.train import Run, StepContext
+
+
+class UpdateRatio(Instrument):
+    name = "update_ratio"
+
+    def start(self, run: Run) -> None:
+        named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p.detach() for _, p in named]
+        self.before: list[Tensor] | None = None
+        self.last: dict[str, float] = {}
+
+    def after_backward(self, run: Run, ctx: StepContext) -> None:
+        # Snapshot before the optimiser moves: one fused copy, at instrumented steps only.
+        self.before = [p.clone() for p in self.params] if run.instrumented else None
+
+    def after_step(self, run: Run, ctx: StepContext) -> None:
+        if self.before is None:
+            return
+        before, self.before = self.before, None
+        if ctx.skipped:
+            return
+        with torch.no_grad():
+            delta = torch._foreach_norm(torch._foreach_sub(self.params, before))
+            old = torch._foreach_norm(before)
+            new = torch._foreach_norm(self.params)
+        for name, d, o, w in zip(self.names, delta, old, new, strict=True):
+            ratio = d / o
+            run.recorder.record(f"update_ratio/{name}", ctx.step, ratio)
+            run.recorder.record(f"weight_norm/{name}", ctx.step, w)
+            self.last[name] = ratio
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        return {"update_ratio": {n: float(v) for n, v in self.last.items()}}
