@@ -16,15 +16,18 @@ TYPE_BASE = "https://gradlab.dev/problems/"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, kind: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        kind: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
-        self.status, self.title, self.detail, self.kind, self.extra = (
-            status,
-            title,
-            detail,
-            kind,
-            extra,
-        )
+        self.status, self.title, self.detail, self.kind = status, title, detail, kind
+        self.headers, self.extra = headers, extra
 
 
 def problem_response(
@@ -63,7 +66,9 @@ def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.title, exc.detail, exc.kind, **exc.extra)
+        return problem_response(
+            exc.status, exc.title, exc.detail, exc.kind, headers=exc.headers, **exc.extra
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     # A cap on what one spec may cost (see api/schemas.py: estimated_cost).
     max_cost: float = Field(5e13, gt=0)
 
+    # Per API key: requests per second (token bucket, per API process), and how many of its
+    # experiments may be queued or running at once.
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    rate_limit_burst: float = Field(100.0, ge=1)
+    max_active_per_owner: int = Field(500, ge=1)
+    idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="Idempotency-Key lifetime")
+
     worker_name: str | None = None
     # Threads torch may use in a worker; 1 per worker when several share a CPU.
     torch_threads: int | None = Field(None, ge=1)

@@ -8,7 +8,7 @@ or Redis cannot be reached."""
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,13 +156,33 @@ def settings(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[sett
 
 
 @pytest.fixture
-def client(settings: settings_mod.Settings):  # noqa: ANN201
+def api_key(settings: settings_mod.Settings) -> Callable[[str], str]:
+    """Makes a real key (stored hashed, as the admin tool does) for an owner."""
+    from api.auth import create_key
+
+    def make(owner: str = "tester") -> str:
+        with db.get_sessionmaker()() as s:
+            return create_key(s, f"test-{owner}", owner)[1]
+
+    return make
+
+
+@pytest.fixture
+def anonymous(settings: settings_mod.Settings):  # noqa: ANN201
+    """A client with no credentials."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
     with TestClient(create_app(), raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture
+def client(anonymous, api_key):  # noqa: ANN001, ANN201
+    """A client with a valid key of owner `tester`."""
+    anonymous.headers["Authorization"] = f"Bearer {api_key('tester')}"
+    return anonymous
 
 
 @pytest.fixture

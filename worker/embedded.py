@@ -17,9 +17,34 @@ def migrate() -> None:
     command.upgrade(Config("alembic.ini"), "head")
 
 
+def local_key() -> str:
+    """The embedded default's own key: made on first start, kept in data/api_key (mode 0600)
+    so every start can print it."""
+    from pathlib import Path
+
+    from api.auth import create_key, hash_key
+    from api.db import get_sessionmaker
+    from api.settings import DATA_DIR
+    from api.tables import ApiKey
+
+    path = Path(os.environ.get("API_KEY_FILE", DATA_DIR / "api_key"))
+    with get_sessionmaker()() as s:
+        if path.exists():
+            key = path.read_text().strip()
+            row = s.query(ApiKey).filter_by(key_hash=hash_key(key)).one_or_none()
+            if row is not None and row.revoked_at is None:
+                return key
+        _, key = create_key(s, "embedded", "local")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
 def main() -> int:
     settings = get_settings()
     migrate()
+    print(f"API key: {local_key()}", flush=True)
     worker = subprocess.Popen(
         [
             sys.executable,

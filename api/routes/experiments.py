@@ -4,15 +4,16 @@ import base64
 import binascii
 import hashlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.auth import Owner
 from api.db import get_session
 from api.problems import Problem
 from api.queue import enqueue
@@ -33,14 +34,14 @@ log = logging.getLogger("gradlab.api")
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 MAX_BODY_BYTES = 64 * 1024
-DEFAULT_OWNER = "local"
 SessionDep = Annotated[Session, Depends(get_session)]
 StatusName = Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
 
 
-def get_experiment(session: Session, experiment_id: str) -> Experiment:
+def get_experiment(session: Session, experiment_id: str, owner: str) -> Experiment:
+    """The owner's experiment; another owner's id is 404, as if it did not exist."""
     row = session.get(Experiment, experiment_id) if len(experiment_id) <= 36 else None
-    if row is None:
+    if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
     return row
 
@@ -104,6 +105,7 @@ SPEC_BODY = {
     responses={400: {}, 409: {}, 413: {}, 422: {}},
 )
 def create_experiment(
+    owner: Owner,
     session: SessionDep,
     spec: Annotated[ExperimentCreate, Depends(read_spec)],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -113,16 +115,21 @@ def create_experiment(
     if idempotency_key is not None:
         existing = session.scalar(
             select(Experiment).where(
-                Experiment.owner == DEFAULT_OWNER, Experiment.idempotency_key == idempotency_key
+                Experiment.owner == owner, Experiment.idempotency_key == idempotency_key
             )
         )
         if existing is not None:
-            return _replay(existing, digest)
+            ttl = timedelta(seconds=get_settings().idempotency_ttl_s)
+            if as_utc(existing.created_at) > utcnow() - ttl:
+                return _replay(existing, digest)
+            existing.idempotency_key = None  # expired: the key is free for a new request
+            session.flush()
+    check_active_cap(session, owner, 1)
     row = Experiment(
         spec=normalised,
         name=spec.name,
         tags=spec.tags,
-        owner=DEFAULT_OWNER,
+        owner=owner,
         idempotency_key=idempotency_key,
         request_hash=digest,
         status="queued",
@@ -136,7 +143,7 @@ def create_experiment(
         session.rollback()
         existing = session.scalar(
             select(Experiment).where(
-                Experiment.owner == DEFAULT_OWNER, Experiment.idempotency_key == idempotency_key
+                Experiment.owner == owner, Experiment.idempotency_key == idempotency_key
             )
         )
         if existing is None:
@@ -149,6 +156,26 @@ def create_experiment(
     return FastJSON(
         experiment_view(row), status_code=202, headers={"Location": f"/v1/experiments/{row.id}"}
     )
+
+
+def check_active_cap(session: Session, owner: str, adding: int) -> None:
+    """429 when the owner's queued + running experiments would pass the cap."""
+    cap = get_settings().max_active_per_owner
+    active = session.scalar(
+        select(func.count())
+        .select_from(Experiment)
+        .where(Experiment.owner == owner, Experiment.status.in_(("queued", "running")))
+    )
+    if active + adding > cap:
+        raise Problem(
+            429,
+            "Too many active experiments",
+            f"{active} queued or running; adding {adding} would pass the cap of {cap}",
+            "active-cap",
+            headers={"Retry-After": "30"},
+            active=active,
+            cap=cap,
+        )
 
 
 def _replay(existing: Experiment, digest: str) -> FastJSON:
@@ -188,6 +215,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
+    owner: Owner,
     session: SessionDep,
     status: StatusName | None = None,
     tag: Annotated[str | None, Query(max_length=50)] = None,
@@ -195,7 +223,7 @@ def list_experiments(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSON:
-    q = select(Experiment).where(Experiment.owner == DEFAULT_OWNER)
+    q = select(Experiment).where(Experiment.owner == owner)
     if status:
         q = q.where(Experiment.status == status)
     if sweep_id:
@@ -231,8 +259,8 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead)
-def read_experiment(experiment_id: str, session: SessionDep) -> FastJSON:
-    return FastJSON(experiment_view(get_experiment(session, experiment_id)))
+def read_experiment(owner: Owner, experiment_id: str, session: SessionDep) -> FastJSON:
+    return FastJSON(experiment_view(get_experiment(session, experiment_id, owner)))
 
 
 def load_series(
@@ -267,10 +295,10 @@ def load_prefixed(session: Session, row: Experiment, prefix: str) -> dict[str, l
 
 @router.get("/{experiment_id}/metrics")
 def read_metrics(
-    experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
+    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
 ) -> FastJSON:
     """Training loss (and accuracy) per step; validation loss (and accuracy) where measured."""
-    row = get_experiment(session, experiment_id)
+    row = get_experiment(session, experiment_id, owner)
     series = load_series(session, row, ["loss", "accuracy", "val_loss", "val_accuracy"])
     steps, loss = concat(series["loss"])
     idx = thin.indices(steps)
@@ -287,10 +315,10 @@ def read_metrics(
 
 @router.get("/{experiment_id}/gradients")
 def read_gradients(
-    experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
+    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
 ) -> FastJSON:
     """Per-parameter gradient L2 norms (before clipping) at the instrumented steps."""
-    row = get_experiment(session, experiment_id)
+    row = get_experiment(session, experiment_id, owner)
     total = load_series(session, row, ["grad_norm_total"])["grad_norm_total"]
     steps, norms = concat(total)
     idx = thin.indices(steps)
@@ -310,12 +338,13 @@ def read_gradients(
 
 @router.get("/{experiment_id}/events", response_model=EventsRead)
 def read_events(
+    owner: Owner,
     experiment_id: str,
     session: SessionDep,
     kind: Annotated[str | None, Query(max_length=40)] = None,
 ) -> FastJSON:
     """NaN/Inf events (with where the first non-finite value appeared), halts, retries."""
-    row = get_experiment(session, experiment_id)
+    row = get_experiment(session, experiment_id, owner)
     q = select(Event).where(Event.experiment_id == row.id).order_by(Event.id)
     if kind:
         q = q.where(Event.kind == kind)
@@ -333,9 +362,9 @@ def read_events(
 
 
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentRead)
-def cancel_experiment(experiment_id: str, session: SessionDep) -> FastJSON:
+def cancel_experiment(owner: Owner, experiment_id: str, session: SessionDep) -> FastJSON:
     """A queued experiment is cancelled at once; a running one stops at its next heartbeat."""
-    row = get_experiment(session, experiment_id)
+    row = get_experiment(session, experiment_id, owner)
     now = utcnow()
     res = session.execute(
         update(Experiment)

@@ -7,12 +7,13 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from api.auth import Owner
 from api.db import get_session
 from api.presets import PRESETS
 from api.problems import Problem
 from api.queue import enqueue
 from api.responses import FastJSON
-from api.routes.experiments import DEFAULT_OWNER
+from api.routes.experiments import check_active_cap
 from api.schemas import SweepCreate
 from api.settings import get_settings
 from api.sweeps import TERMINAL, aggregate, effects, expand, rank_key, resolve
@@ -24,9 +25,9 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_sweep(session: Session, sweep_id: str) -> Sweep:
+def get_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
     row = session.get(Sweep, sweep_id) if len(sweep_id) <= 36 else None
-    if row is None or row.owner != DEFAULT_OWNER:
+    if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no sweep {sweep_id!r}", "not-found")
     return row
 
@@ -80,7 +81,7 @@ def sweep_view(session: Session, sweep: Sweep) -> dict[str, Any]:
 
 
 @router.get("/presets")
-def list_presets() -> FastJSON:
+def list_presets(owner: Owner) -> FastJSON:
     """The built-in studies and what they run."""
     return FastJSON(
         {
@@ -91,14 +92,15 @@ def list_presets() -> FastJSON:
 
 
 @router.post("", status_code=202, responses={404: {}, 422: {}})
-def create_sweep(req: SweepCreate, session: SessionDep) -> FastJSON:
+def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSON:
     """Expand, validate every point, then queue them all (or nothing)."""
     req = resolve(req)
     points = expand(req, get_settings().max_cost)
+    check_active_cap(session, owner, len(points))
     seeds = req.seeds or [0]
     sweep = Sweep(
         name=req.name,
-        owner=DEFAULT_OWNER,
+        owner=owner,
         request={"preset": req.preset, "base": req.base, "grid": req.grid, "seeds": seeds},
     )
     session.add(sweep)
@@ -111,7 +113,7 @@ def create_sweep(req: SweepCreate, session: SessionDep) -> FastJSON:
                 sweep_params=params,
                 name=spec.name or req.name,
                 tags=spec.tags,
-                owner=DEFAULT_OWNER,
+                owner=owner,
                 sweep_id=sweep.id,
                 status="queued",
                 total_steps=spec.train.steps,
@@ -131,16 +133,16 @@ def create_sweep(req: SweepCreate, session: SessionDep) -> FastJSON:
 
 
 @router.get("/{sweep_id}")
-def read_sweep(sweep_id: str, session: SessionDep) -> FastJSON:
+def read_sweep(owner: Owner, sweep_id: str, session: SessionDep) -> FastJSON:
     """Progress (counts per status) and, per grid point aggregated over seeds, the
     effectiveness measures, a ranking, and each factor's effect."""
-    return FastJSON(sweep_view(session, get_sweep(session, sweep_id)))
+    return FastJSON(sweep_view(session, get_sweep(session, sweep_id, owner)))
 
 
 @router.post("/{sweep_id}/cancel", status_code=202)
-def cancel_sweep(sweep_id: str, session: SessionDep) -> FastJSON:
+def cancel_sweep(owner: Owner, sweep_id: str, session: SessionDep) -> FastJSON:
     """Cancels what has not finished: queued at once, running at its next heartbeat."""
-    sweep = get_sweep(session, sweep_id)
+    sweep = get_sweep(session, sweep_id, owner)
     session.execute(
         update(Experiment)
         .where(Experiment.sweep_id == sweep.id, Experiment.status == "queued")

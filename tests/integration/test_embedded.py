@@ -2,6 +2,7 @@
 API in one command on a SQLite file and the SQLAlchemy broker; driven over real HTTP."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,24 +51,40 @@ def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
                 return False
 
         wait_for(ready, 60, "the API")
+        # the embedded default makes a key on first start and prints it
+        key = (
+            wait_for(
+                lambda: re.search(rb"API key: (\S+)", (tmp_path / "embedded.log").read_bytes()),
+                10,
+                "the key",
+            )
+            .group(1)
+            .decode()
+        )
+        assert httpx.get(f"{base}/v1/experiments").status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
         # as in the README: curl -X POST .../v1/experiments -d '...'
         spec = b'{"task": {"seq_len": 20}, "model": {"hidden_size": 16}, "train": {"steps": 60}}'
         resp = httpx.post(
             f"{base}/v1/experiments",
             content=spec,
-            headers={"content-type": "application/x-www-form-urlencoded"},
+            headers={"content-type": "application/x-www-form-urlencoded", **auth},
         )
         assert resp.status_code == 202, resp.text
         location = resp.headers["location"]
         done = wait_for(
-            lambda: (b := httpx.get(base + location).json())["status"] in TERMINAL and b,
+            lambda: (
+                (b := httpx.get(base + location, headers=auth).json())["status"] in TERMINAL and b
+            ),
             120,
             "the run",
         )
         assert done["status"] == "succeeded" and done["summary"]["steps_run"] == 60
-        metrics = httpx.get(f"{base}{location}/metrics").json()
+        metrics = httpx.get(f"{base}{location}/metrics", headers=auth).json()
         assert len(metrics["loss"]) == 60
-        bad = httpx.post(f"{base}/v1/experiments", content=b'{"train": {"steps": -1}}')
+        bad = httpx.post(
+            f"{base}/v1/experiments", content=b'{"train": {"steps": -1}}', headers=auth
+        )
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "train.steps"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

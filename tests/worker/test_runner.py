@@ -25,7 +25,7 @@ def add_experiment(sessions, spec: dict) -> str:  # noqa: ANN001
         row = Experiment(
             spec=normalised,
             status="queued",
-            owner="local",
+            owner="tester",
             total_steps=normalised["train"]["steps"],
             enqueued_at=utcnow(),
         )

@@ -1,0 +1,108 @@
+"""Bearer API keys, their owners, and per-key rate limits.
+
+Keys are 32 random bytes, so a plain SHA-256 is a sound hash for them (a slow password hash
+protects guessable secrets; these are not guessable) and lets a lookup be one indexed query."""
+
+import hashlib
+import secrets
+import threading
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db import get_session
+from api.problems import Problem
+from api.settings import get_settings
+from api.tables import ApiKey, utcnow
+
+KEY_PREFIX = "glk_"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, owner: str) -> tuple[ApiKey, str]:
+    """Store a new key; returns the row and the key in clear (shown once)."""
+    key = generate_key()
+    row = ApiKey(name=name, owner=owner, prefix=key[:12], key_hash=hash_key(key))
+    session.add(row)
+    session.commit()
+    return row, key
+
+
+def revoke_key(session: Session, key_id_or_prefix: str) -> int:
+    rows = session.scalars(
+        select(ApiKey).where(
+            (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix),
+            ApiKey.revoked_at.is_(None),
+        )
+    ).all()
+    for row in rows:
+        row.revoked_at = utcnow()
+    session.commit()
+    return len(rows)
+
+
+class RateLimiter:
+    """A token bucket per key, in this process (each API process limits on its own)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, rate: float, burst: float) -> float:
+        """0 when allowed, else the seconds until a token is there."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / rate
+
+
+limiter = RateLimiter()
+UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="gradlab"'}
+
+
+def current_owner(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
+    """The owner of the request's key; 401 without a valid one, 429 over the rate."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Problem(
+            401,
+            "Unauthorized",
+            "send Authorization: Bearer <API key>",
+            "unauthorized",
+            headers=UNAUTHORIZED,
+        )
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip())))
+    if row is None or row.revoked_at is not None:
+        raise Problem(
+            401, "Unauthorized", "unknown or revoked API key", "unauthorized", headers=UNAUTHORIZED
+        )
+    s = get_settings()
+    wait = limiter.take(row.key_hash, s.rate_limit_per_s, s.rate_limit_burst)
+    if wait > 0:
+        raise Problem(
+            429,
+            "Too many requests",
+            f"over {s.rate_limit_per_s:g} requests/s for this key",
+            "rate-limited",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    return row.owner
+
+
+Owner = Annotated[str, Depends(current_owner)]
