@@ -46,6 +46,10 @@ def service(n_workers: int, threads_per_worker: int = 1) -> Iterator[tuple[objec
         "FLUSH_EVERY_S": "2",
     }
     os.environ.update(env)
+    from api import db, queue, settings
+
+    for cached in (settings.get_settings, queue.get_celery, db.get_engine, db.get_sessionmaker):
+        cached.cache_clear()  # this process may have run a service before, on other URLs
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.attributes["url"] = db_url
@@ -89,18 +93,20 @@ def service(n_workers: int, threads_per_worker: int = 1) -> Iterator[tuple[objec
         time.sleep(0.2)
     from fastapi.testclient import TestClient
 
+    from api.auth import create_key
     from api.main import create_app
 
+    with db.get_sessionmaker()() as session:
+        _, key = create_key(session, "bench", "bench")
     try:
         with TestClient(create_app()) as client:
+            client.headers["Authorization"] = f"Bearer {key}"
             yield client, desc
     finally:
         for w in workers:
             w.terminate()
         for w in workers:
             w.wait(30)
-        from api import db
-
         db.get_engine().dispose()
         for cached in (db.get_engine, db.get_sessionmaker):
             cached.cache_clear()
