@@ -15,6 +15,7 @@ from api.db import get_sessionmaker
 from api.schemas import ExperimentCreate
 from api.settings import Settings, get_settings
 from worker import store
+from worker.diagnosis import diagnose
 from worker.instruments import default_instruments
 from worker.instruments.base import Batch
 from worker.train import train
@@ -125,8 +126,16 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
     finally:
         beat.stop()
         writer.close()
+    diagnosis = None if summary is None else diagnose(summary, row.spec, status)
     with get_sessionmaker()() as s:
         store.finish(
-            s, experiment_id, attempt, status, summary=summary, error=error, progress_step=step
+            s,
+            experiment_id,
+            attempt,
+            status,
+            summary=summary,
+            diagnosis=diagnosis,
+            error=error,
+            progress_step=step,
         )
     return status

@@ -5,6 +5,7 @@ from worker.instruments.base import Batch, Instrument, Recorder
 from worker.instruments.clipping import Clipping
 from worker.instruments.grad_norms import GradNorms
 from worker.instruments.loss import LossCurve
+from worker.instruments.nonfinite import FirstNonfinite
 from worker.instruments.saturation import Saturation
 from worker.instruments.spectrum import Spectrum
 from worker.instruments.temporal import TemporalProfile
@@ -20,8 +21,11 @@ OPTIONAL: dict[str, type[Instrument]] = {
 
 
 def default_instruments(spec: ExperimentCreate) -> list[Instrument]:
-    """Loss and gradient norms always; the others as `instrument.on` lists them."""
-    return [LossCurve(), GradNorms()] + [OPTIONAL[n]() for n in OPTIONAL if n in spec.instrument.on]
+    """Loss, gradient norms and the first non-finite origin always; the others as
+    `instrument.on` lists them."""
+    return [LossCurve(), GradNorms(), FirstNonfinite()] + [
+        OPTIONAL[n]() for n in OPTIONAL if n in spec.instrument.on
+    ]
 
 
 __all__ = ["Batch", "Instrument", "Recorder", "default_instruments"]

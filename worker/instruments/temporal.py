@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from models import RecurrentOutput
+from worker.diagnosis import profile_evidence
 from worker.instruments.adjoint import hidden_adjoint
 from worker.instruments.base import Instrument
 
@@ -61,12 +62,16 @@ class TemporalProfile(Instrument):
             self.first = self.first or self.last
 
     def summary(self, run: Run) -> dict[str, Any]:
-        """The first and last finite profiles as numbers, for the diagnosis."""
+        """The first and last finite profiles' evidence (ratio, log-rate, horizon per layer) for
+        the diagnosis; the profiles themselves are in the series."""
 
         def plain(snap: tuple[int, list[Tensor | None]] | None) -> dict[str, Any] | None:
             if snap is None:
                 return None
             step, ps = snap
-            return {"step": step, "layers": [None if p is None else p.tolist() for p in ps]}
+            return {
+                "step": step,
+                "layers": [None if p is None else profile_evidence(p.tolist()) for p in ps],
+            }
 
         return {"temporal_profile": {"first": plain(self.first), "last": plain(self.last)}}

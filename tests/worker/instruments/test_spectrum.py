@@ -55,6 +55,7 @@ def test_instrument_toggles_in_the_spec() -> None:
     assert names == [
         "loss",
         "grad_norms",
+        "nonfinite",
         "temporal",
         "spectrum",
         "saturation",
@@ -62,4 +63,4 @@ def test_instrument_toggles_in_the_spec() -> None:
         "clipping",
     ]
     only = default_instruments(small_spec(instrument={"on": ["spectrum"]}))
-    assert [i.name for i in only] == ["loss", "grad_norms", "spectrum"]
+    assert [i.name for i in only] == ["loss", "grad_norms", "nonfinite", "spectrum"]
