@@ -1,9 +1,48 @@
 """The FastAPI app: `uvicorn api.main:app`."""
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from api import problems
 from api.routes import experiments, health, sweeps
+from api.schemas import ExperimentCreate
+
+
+def add_spec_and_security(app: FastAPI) -> None:
+    """The OpenAPI document gets the spec's schema (declared by hand on POST /v1/experiments)
+    and the bearer scheme every /v1 operation requires."""
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = base_openapi()
+        spec = ExperimentCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = doc.setdefault("components", {})
+        components.setdefault("schemas", {}).update(spec.pop("$defs", {}))
+        components["schemas"]["ExperimentCreate"] = spec
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        components["schemas"]["Problem"] = problems.PROBLEM_SCHEMA
+        components["schemas"].pop("HTTPValidationError", None)
+        components["schemas"].pop("ValidationError", None)
+        problem = {
+            "content": {problems.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        }
+        for path, ops in doc["paths"].items():
+            for op in ops.values():
+                codes = ["400", "404", "409", "413", "422"] if path.startswith("/v1") else []
+                if path.startswith("/v1"):
+                    op["security"] = [{"bearer": []}]
+                    codes += ["401", "429"]
+                if path == "/readyz":
+                    codes.append("503")
+                for code in codes:  # every error is a problem document (RFC 9457)
+                    op.setdefault("responses", {})[code] = {"description": "problem", **problem}
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi
 
 
 def create_app() -> FastAPI:
@@ -17,6 +56,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(sweeps.router)
+    add_spec_and_security(app)
     return app
 
 

@@ -13,6 +13,27 @@ log = logging.getLogger("gradlab.api")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://gradlab.dev/problems/"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": ["string", "null"]},
+                    "message": {"type": ["string", "null"]},
+                    "type": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
 
 
 class Problem(Exception):
