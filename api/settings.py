@@ -20,6 +20,7 @@ class Settings(BaseSettings):
 
     # Reliability: the database is the source of truth, the broker only rings the bell.
     heartbeat_interval_s: float = Field(5.0, gt=0)
+    cancel_poll_s: float = Field(0.5, gt=0, description="how often a run looks for a cancel")
     stale_after_s: float = Field(60.0, gt=0, description="running with no heartbeat this long")
     requeue_after_s: float = Field(120.0, gt=0, description="queued this long: send again")
     reconcile_interval_s: float = Field(15.0, gt=0)

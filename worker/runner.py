@@ -7,6 +7,7 @@ import os
 import queue
 import socket
 import threading
+import time
 import traceback
 
 import torch
@@ -31,18 +32,27 @@ class Heartbeat(threading.Thread):
     """Beats while the run goes, independent of how long a training step takes; learns of a
     cancel request, or that the reconciler has given the attempt to another worker."""
 
-    def __init__(self, experiment_id: str, attempt: int, interval: float) -> None:
+    def __init__(
+        self, experiment_id: str, attempt: int, interval: float, cancel_poll: float
+    ) -> None:
         super().__init__(daemon=True, name="heartbeat")
         self.experiment_id, self.attempt, self.interval = experiment_id, attempt, interval
+        # A cancel is looked for more often than the row is written: a read is cheap.
+        self.poll = min(cancel_poll, interval)
         self.stop_training = threading.Event()
         self.reason: str | None = None
         self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._done.wait(self.interval):
+        last_beat = time.monotonic()
+        while not self._done.wait(self.poll):
             try:
                 with get_sessionmaker()() as s:
-                    ours, cancel = store.heartbeat(s, self.experiment_id, self.attempt)
+                    if time.monotonic() - last_beat >= self.interval:
+                        ours, cancel = store.heartbeat(s, self.experiment_id, self.attempt)
+                        last_beat = time.monotonic()
+                    else:
+                        ours, cancel = True, store.cancel_requested(s, self.experiment_id)
             except Exception:  # the database may be restarting: keep training, beat again
                 log.warning("heartbeat failed for %s", self.experiment_id, exc_info=True)
                 continue
@@ -94,7 +104,7 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
         return None
     attempt = row.attempt
     spec = ExperimentCreate.model_validate(row.spec)
-    beat = Heartbeat(experiment_id, attempt, settings.heartbeat_interval_s)
+    beat = Heartbeat(experiment_id, attempt, settings.heartbeat_interval_s, settings.cancel_poll_s)
     writer = Writer(experiment_id, attempt)
     beat.start()
     writer.start()

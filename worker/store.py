@@ -118,6 +118,12 @@ def heartbeat(session: Session, experiment_id: str, attempt: int) -> tuple[bool,
     return True, bool(cancel)
 
 
+def cancel_requested(session: Session, experiment_id: str) -> bool:
+    return bool(
+        session.scalar(select(Experiment.cancel_requested).where(Experiment.id == experiment_id))
+    )
+
+
 def finish(
     session: Session,
     experiment_id: str,

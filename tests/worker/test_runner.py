@@ -91,7 +91,9 @@ def test_an_error_inside_torch_is_failed_with_the_reason(sessions) -> None:
 def test_cancel_while_running_stops_it(sessions, settings, monkeypatch, client) -> None:
     from worker.runner import run_experiment
 
-    monkeypatch.setattr(settings, "heartbeat_interval_s", 0.1)
+    # The heartbeat is far off: only the cancel poll can stop the run within the join below.
+    monkeypatch.setattr(settings, "heartbeat_interval_s", 120.0)
+    monkeypatch.setattr(settings, "cancel_poll_s", 0.2)
     exp_id = add_experiment(sessions, {**SMALL, "train": {**SMALL["train"], "steps": 100_000}})
     result: list[str | None] = []
     thread = threading.Thread(target=lambda: result.append(run_experiment(exp_id, settings)))
@@ -101,7 +103,7 @@ def test_cancel_while_running_stops_it(sessions, settings, monkeypatch, client) 
         assert time.time() < deadline
         time.sleep(0.05)
     assert client.post(f"/v1/experiments/{exp_id}/cancel").status_code == 202
-    thread.join(30)
+    thread.join(15)
     assert result == ["cancelled"]
     body = client.get(f"/v1/experiments/{exp_id}").json()
     assert body["status"] == "cancelled" and body["progress"]["step"] < 100_000
