@@ -27,7 +27,7 @@ from api.schemas import (
 )
 from api.settings import get_settings
 from api.tables import Event, Experiment, SeriesChunk, utcnow
-from api.traces import concat
+from api.traces import concat, unpack
 from api.views import Thinning, as_utc, experiment_view
 
 log = logging.getLogger("gradlab.api")
@@ -315,23 +315,110 @@ def read_metrics(
 def read_gradients(
     owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
 ) -> FastJSON:
-    """Per-parameter gradient L2 norms (before clipping) at the instrumented steps."""
+    """Gradients at the instrumented steps, thinned by `every`, `max_points`, `from_step`,
+    `to_step` (applied to each series' own steps):
+
+    - `steps`, `parameters` (name -> gradient L2 norm before clipping, one per step),
+      `global_norm.before_clip` and `global_norm.after_clip` (aligned with `steps`; null where
+      the step was not clipped-and-applied, e.g. a non-finite step that was skipped).
+    - `temporal`: `{"quantity": "grad_norm_hidden", "layers": [{"layer", "steps", "values"}]}`
+      where `values[i][t]` is ||dL/dh_t|| of that layer at its i-th instrumented step: the
+      total derivative, every path through later time steps included (seq_len values a row).
+      `layers` is empty when the temporal instrument was off."""
     row = get_experiment(session, experiment_id, owner)
-    total = load_series(session, row, ["grad_norm_total"])["grad_norm_total"]
-    steps, norms = concat(total)
+    series = load_series(session, row, ["grad_norm_total", "clip/after"])
+    steps, norms = concat(series["grad_norm_total"])
     idx = thin.indices(steps)
     params = {
         name.removeprefix("grad/"): [vals[i] for i in idx]
         for name, chunks in sorted(load_prefixed(session, row, "grad/").items())
         for vals in [concat(chunks)[1]]
     }
+    after = dict(zip(*concat(series["clip/after"]), strict=True))
+    layers = []
+    for name, chunks in load_prefixed(session, row, "temporal/").items():
+        t_steps, t_rows = _rows(chunks)
+        keep = thin.indices(t_steps)
+        layers.append(
+            {
+                "layer": int(name.removeprefix("temporal/")),
+                "steps": [t_steps[i] for i in keep],
+                "values": [t_rows[i] for i in keep],
+            }
+        )
     return FastJSON(
         {
             "steps": [steps[i] for i in idx],
             "parameters": params,
-            "global_norm": {"before_clip": [norms[i] for i in idx]},
+            "global_norm": {
+                "before_clip": [norms[i] for i in idx],
+                "after_clip": [after.get(steps[i]) for i in idx],
+            },
+            "temporal": {
+                "quantity": "grad_norm_hidden",
+                "layers": sorted(layers, key=lambda d: d["layer"]),
+            },
         }
     )
+
+
+def _rows(chunks: list[SeriesChunk]) -> tuple[list[int], list[list[float]]]:
+    """A vector series (one row of `width` values per step) from its chunks, in step order."""
+    steps: list[int] = []
+    values: list[list[float]] = []
+    for c in sorted(chunks, key=lambda c: c.first_step):
+        s, v = unpack(c)
+        steps.extend(s)
+        values.extend(v)
+    return steps, values
+
+
+def _thinned(thin: Thinning, chunks: list[SeriesChunk]) -> dict[str, list]:
+    steps, values = thin.apply(*concat(chunks))
+    return {"steps": steps, "values": values}
+
+
+@router.get("/{experiment_id}/instruments")
+def read_instruments(
+    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
+) -> FastJSON:
+    """The other instruments' series, each `{"steps": [...], "values": [...]}` and thinned by
+    `every`, `max_points`, `from_step`, `to_step`; a group is `{}` when its instrument was off.
+
+    - `spectrum[layer][block]` with blocks `hh` (rnn), `i`,`f`,`g`,`o` (lstm), `r`,`z`,`n`
+      (gru): `sigma_max` (largest singular value of that block of W_hh) and `radius` (its
+      spectral radius), at instrumented steps.
+    - `saturation[layer]`: fractions over (time step, example, unit) at instrumented steps:
+      `tanh` (|h| > 0.99), `sigmoid` (h < 0.01 or > 0.99), `dead_relu` (units zero for every
+      example at every time step), or per gate for lstm (`i`,`f`,`g`,`o`) and gru (`r`,`z`,`n`).
+    - `update_ratio[parameter]`: ||W_after - W_before|| / ||W_before|| across one optimiser
+      step; `weight_norm[parameter]`: ||W|| after it (instrumented steps).
+    - `clipping`: `fired` (1 or 0 at every applied step), `after_clip` (global gradient norm
+      after clipping, instrumented steps), `fired_fraction` (over all applied steps, unthinned).
+    """
+    row = get_experiment(session, experiment_id, owner)
+    out: dict[str, Any] = {"spectrum": {}, "saturation": {}, "update_ratio": {}, "weight_norm": {}}
+    for name, chunks in sorted(load_prefixed(session, row, "spectrum/").items()):
+        layer, block, quantity = name.split("/")[1:]
+        out["spectrum"].setdefault(layer, {}).setdefault(block, {})[quantity] = _thinned(
+            thin, chunks
+        )
+    for name, chunks in sorted(load_prefixed(session, row, "saturation/").items()):
+        layer, kind = name.split("/")[1:]
+        out["saturation"].setdefault(layer, {})[kind] = _thinned(thin, chunks)
+    for group in ("update_ratio", "weight_norm"):
+        for name, chunks in sorted(load_prefixed(session, row, f"{group}/").items()):
+            out[group][name.removeprefix(f"{group}/")] = _thinned(thin, chunks)
+    clip = load_prefixed(session, row, "clip/")
+    out["clipping"] = {}
+    if clip:
+        fired = concat(clip.get("clip/fired", []))[1]
+        out["clipping"] = {
+            "fired": _thinned(thin, clip.get("clip/fired", [])),
+            "after_clip": _thinned(thin, clip.get("clip/after", [])),
+            "fired_fraction": sum(fired) / len(fired) if fired else None,
+        }
+    return FastJSON(out)
 
 
 @router.get("/{experiment_id}/events", response_model=EventsRead)
