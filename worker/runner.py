@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -22,6 +24,7 @@ from worker.instruments.base import Batch
 from worker.train import train
 
 log = logging.getLogger("gradlab.worker")
+T = TypeVar("T")
 
 
 def worker_name(settings: Settings) -> str:
@@ -64,6 +67,20 @@ class Heartbeat(threading.Thread):
         self._done.set()
 
 
+def with_retries(fn: Callable[[], T], what: str, budget_s: float = 120.0) -> T:
+    """Ride out a database restart: retry with backoff for up to `budget_s`, then raise."""
+    delay, deadline = 0.25, time.monotonic() + budget_s
+    while True:
+        try:
+            return fn()
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s failed; retrying in %.1f s", what, delay, exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 class Writer(threading.Thread):
     """Writes flushed batches in the background so training never waits on the database."""
 
@@ -76,12 +93,16 @@ class Writer(threading.Thread):
     def run(self) -> None:
         while (item := self.q.get()) is not None:
             batch, step = item
-            try:
+
+            def write(batch: Batch = batch, step: int = step) -> bool:
                 with get_sessionmaker()() as s:
-                    if not store.write_batch(s, self.experiment_id, self.attempt, batch, step):
-                        self.lost.set()
+                    return store.write_batch(s, self.experiment_id, self.attempt, batch, step)
+
+            try:
+                if not with_retries(write, f"storing a batch of {self.experiment_id}"):
+                    self.lost.set()
             except Exception:
-                log.exception("could not store a batch of %s", self.experiment_id)
+                log.exception("gave up storing a batch of %s", self.experiment_id)
 
     def put(self, batch: Batch, step: int) -> None:
         self.q.put((batch, step))
@@ -137,15 +158,20 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
         beat.stop()
         writer.close()
     diagnosis = None if summary is None else diagnose(summary, row.spec, status)
-    with get_sessionmaker()() as s:
-        store.finish(
-            s,
-            experiment_id,
-            attempt,
-            status,
-            summary=summary,
-            diagnosis=diagnosis,
-            error=error,
-            progress_step=step,
-        )
+
+    def store_result() -> bool:
+        with get_sessionmaker()() as s:
+            return store.finish(
+                s,
+                experiment_id,
+                attempt,
+                status,
+                summary=summary,
+                diagnosis=diagnosis,
+                error=error,
+                progress_step=step,
+            )
+
+    # A result finished while the database restarts is kept, not lost.
+    with_retries(store_result, f"storing the result of {experiment_id}")
     return status
