@@ -1,0 +1,133 @@
+"""Storage and serving at volume: an experiment with 1,000 instrumented steps, T = 1,000 and
+2 layers (2 million temporal-profile values) written through worker.store.write_batch in the
+batches the worker flushes (every 200 training steps = 20 instrumented steps at every = 10),
+then GET /v1/experiments/{id}/gradients served whole through the API.
+
+    .venv/bin/python bench/trace_volume.py            # SQLite file in a temporary directory
+    DATABASE_URL=postgresql+psycopg://... .venv/bin/python bench/trace_volume.py
+
+Prints the write time (total and per batch: the worker writes in a background thread, so a
+batch must take well under the flush interval not to stall training), the size in the
+database, the response time (target < 1 s) and the response size."""
+
+import os
+import statistics
+import tempfile
+import time
+
+URL = os.environ.get("DATABASE_URL") or (
+    f"sqlite:///{tempfile.mkdtemp(prefix='gradlab-bench-')}/trace_volume.sqlite"
+)
+os.environ["DATABASE_URL"] = URL
+
+import numpy as np  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
+
+from api.auth import create_key  # noqa: E402
+from api.db import get_engine, get_sessionmaker  # noqa: E402
+from api.main import create_app  # noqa: E402
+from api.tables import Base, Experiment, SeriesChunk  # noqa: E402
+from worker import store  # noqa: E402
+from worker.instruments.base import Batch  # noqa: E402
+
+STEPS, EVERY, T, LAYERS, FLUSH = 1000, 10, 1000, 2, 200  # instrumented steps, interval, ...
+PARAMS = [
+    "rnn.0.weight_ih_l0",
+    "rnn.0.weight_hh_l0",
+    "rnn.0.bias_ih_l0",
+    "rnn.0.bias_hh_l0",
+    "rnn.1.weight_ih_l0",
+    "rnn.1.weight_hh_l0",
+    "rnn.1.bias_ih_l0",
+    "rnn.1.bias_hh_l0",
+    "head.weight",
+    "head.bias",
+]
+
+
+def batches(rng: np.random.Generator):  # noqa: ANN201
+    """What the worker's recorder drains every FLUSH training steps."""
+    per = FLUSH // EVERY
+    decay = 0.99 ** np.arange(T)[::-1]  # (T,): a profile decaying back in time
+    for first in range(0, STEPS, per):
+        steps = [s * EVERY for s in range(first, first + per)]
+        series = {
+            f"temporal/{layer}": (steps, decay * rng.uniform(0.5, 2.0, (per, 1)))
+            for layer in range(LAYERS)
+        }
+        series |= {f"grad/{p}": (steps, rng.random((per, 1))) for p in PARAMS}
+        series["grad_norm_total"] = (steps, rng.random((per, 1)))
+        train_steps = list(range(steps[0], steps[0] + FLUSH))
+        series["loss"] = (train_steps, rng.random((FLUSH, 1)))
+        yield Batch(series=series), train_steps[-1] + 1
+
+
+def db_size(session) -> str:  # noqa: ANN001
+    payload = session.scalar(
+        select(func.sum(func.length(SeriesChunk.values) + func.length(SeriesChunk.steps)))
+    )
+    if URL.startswith("sqlite"):
+        session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        path = URL.split("///", 1)[1]
+        total = os.path.getsize(path)
+        return f"file {total / 1e6:.1f} MB (chunk payload {payload / 1e6:.1f} MB)"
+    table = session.scalar(text("SELECT pg_total_relation_size('series_chunks')"))
+    return f"series_chunks {table / 1e6:.1f} MB incl. TOAST (chunk payload {payload / 1e6:.1f} MB)"
+
+
+def main() -> None:
+    Base.metadata.create_all(get_engine())
+    sessions = get_sessionmaker()
+    with sessions() as s:
+        _, key = create_key(s, "bench", "bench")
+        row = Experiment(
+            spec={}, status="running", owner="bench", attempt=1, total_steps=STEPS * EVERY
+        )
+        s.add(row)
+        s.commit()
+        exp_id = row.id
+    rng = np.random.default_rng(0)
+    per_batch = []
+    t0 = time.perf_counter()
+    for batch, step in batches(rng):
+        t = time.perf_counter()
+        with sessions() as s:
+            assert store.write_batch(s, exp_id, 1, batch, step)
+        per_batch.append(time.perf_counter() - t)
+    write = time.perf_counter() - t0
+    with sessions() as s:
+        store.finish(s, exp_id, 1, "succeeded", summary={}, progress_step=STEPS * EVERY)
+        size = db_size(s)
+        s.commit()
+    print(f"database: {URL.split('://')[0]}")
+    print(
+        f"written: {STEPS} instrumented steps x T={T} x {LAYERS} layers = "
+        f"{STEPS * T * LAYERS:,} profile values, in {len(per_batch)} batches"
+    )
+    print(
+        f"write time: {write:.2f} s total, per batch median "
+        f"{statistics.median(per_batch) * 1e3:.0f} ms, max {max(per_batch) * 1e3:.0f} ms "
+        f"(a batch every {FLUSH} training steps)"
+    )
+    print(f"size in the database: {size}")
+    with TestClient(create_app()) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        times, body = [], b""
+        for _ in range(5):
+            t = time.perf_counter()
+            resp = client.get(f"/v1/experiments/{exp_id}/gradients")
+            times.append(time.perf_counter() - t)
+            assert resp.status_code == 200, resp.text
+            body = resp.content
+    got = resp.json()["temporal"]["layers"]
+    assert len(got) == LAYERS and len(got[0]["values"]) == STEPS and len(got[0]["values"][0]) == T
+    print(
+        f"GET /gradients (whole): median {statistics.median(times):.3f} s, first "
+        f"{times[0]:.3f} s, max {max(times):.3f} s over {len(times)} requests (target < 1 s)"
+    )
+    print(f"response size: {len(body) / 1e6:.1f} MB JSON")
+
+
+if __name__ == "__main__":
+    main()
