@@ -137,6 +137,13 @@ class ScheduleSpec(Strict):
 
 class TrainSpec(Strict):
     steps: int = Field(2000, ge=1, le=MAX_STEPS)
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="stop (status failed, error time_limit) after this long; default and "
+        "ceiling: the service's SOFT_TIME_LIMIT_S",
+    )
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     optimizer: OptimizerSpec = OptimizerSpec()
     clip: ClipSpec = ClipSpec()

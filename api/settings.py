@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_active_per_owner: int = Field(500, ge=1)
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="Idempotency-Key lifetime")
 
+    # Time limits per experiment: the soft one stops training between steps and keeps what it
+    # has; the hard one, for a step that never ends, fails the row and exits the worker process
+    # (its supervisor restarts it).
+    soft_time_limit_s: float = Field(24 * 3600, gt=0)
+    hard_time_limit_grace_s: float = Field(120, gt=0)
+
     worker_name: str | None = None
     # Threads torch may use in a worker; 1 per worker when several share a CPU.
     torch_threads: int | None = Field(None, ge=1)

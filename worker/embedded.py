@@ -41,11 +41,8 @@ def local_key() -> str:
     return key
 
 
-def main() -> int:
-    settings = get_settings()
-    migrate()
-    print(f"API key: {local_key()}", flush=True)
-    worker = subprocess.Popen(
+def start_worker(queue: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -60,9 +57,16 @@ def main() -> int:
             "--loglevel",
             "INFO",
             "-Q",
-            settings.queue_name,
-        ],
+            queue,
+        ]
     )
+
+
+def main() -> int:
+    settings = get_settings()
+    migrate()
+    print(f"API key: {local_key()}", flush=True)
+    worker = start_worker(settings.queue_name)
     api = subprocess.Popen(
         [
             sys.executable,
@@ -73,18 +77,27 @@ def main() -> int:
             os.environ.get("HOST", "127.0.0.1"),
             "--port",
             str(settings.port),
-        ],
+        ]
     )
     print(f"gradlab: API on http://127.0.0.1:{settings.port}  (Ctrl-C stops)", flush=True)
+    stopping = False
 
     def stop(*_args: object) -> None:
+        nonlocal stopping
+        stopping = True
         for proc in (api, worker):
             if proc.poll() is None:
                 proc.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        while api.poll() is None and worker.poll() is None:
+        while api.poll() is None and not stopping:
+            if worker.poll() is not None:
+                # A worker that died (killed, or past a hard time limit) is started again; the
+                # reconciler in the new one picks up what the old one left.
+                print(f"gradlab: worker exited ({worker.returncode}); restarting", flush=True)
+                time.sleep(1)
+                worker = start_worker(settings.queue_name)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

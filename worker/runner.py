@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import queue
 import socket
@@ -36,9 +38,15 @@ class Heartbeat(threading.Thread):
     cancel request, or that the reconciler has given the attempt to another worker."""
 
     def __init__(
-        self, experiment_id: str, attempt: int, interval: float, cancel_poll: float
+        self,
+        experiment_id: str,
+        attempt: int,
+        interval: float,
+        cancel_poll: float,
+        hard_deadline: float = math.inf,
     ) -> None:
         super().__init__(daemon=True, name="heartbeat")
+        self.hard_deadline = hard_deadline  # time.monotonic() past which the process must go
         self.experiment_id, self.attempt, self.interval = experiment_id, attempt, interval
         # A cancel is looked for more often than the row is written: a read is cheap.
         self.poll = min(cancel_poll, interval)
@@ -49,6 +57,8 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         last_beat = time.monotonic()
         while not self._done.wait(self.poll):
+            if time.monotonic() > self.hard_deadline:
+                self.hard_limit()
             try:
                 with get_sessionmaker()() as s:
                     if time.monotonic() - last_beat >= self.interval:
@@ -62,6 +72,20 @@ class Heartbeat(threading.Thread):
             if not ours or cancel:
                 self.reason = "cancelled" if cancel else "lost"
                 self.stop_training.set()
+
+    def hard_limit(self) -> None:
+        """A step ran past the hard limit: no Python-level way to stop it, so record the
+        verdict and end the process; acks_late plus the failed row keep the task from re-running."""
+        log.error("experiment %s passed its hard time limit; exiting", self.experiment_id)
+        with contextlib.suppress(Exception), get_sessionmaker()() as s:
+            store.finish(
+                s,
+                self.experiment_id,
+                self.attempt,
+                "failed",
+                error={"type": "time_limit", "message": "hard time limit: a step never ended"},
+            )
+        os._exit(70)
 
     def stop(self) -> None:
         self._done.set()
@@ -125,7 +149,15 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
         return None
     attempt = row.attempt
     spec = ExperimentCreate.model_validate(row.spec)
-    beat = Heartbeat(experiment_id, attempt, settings.heartbeat_interval_s, settings.cancel_poll_s)
+    limit = min(spec.train.time_limit_s or math.inf, settings.soft_time_limit_s)
+    soft_deadline = time.monotonic() + limit
+    beat = Heartbeat(
+        experiment_id,
+        attempt,
+        settings.heartbeat_interval_s,
+        settings.cancel_poll_s,
+        hard_deadline=soft_deadline + settings.hard_time_limit_grace_s,
+    )
     writer = Writer(experiment_id, attempt)
     beat.start()
     writer.start()
@@ -135,12 +167,23 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
             spec,
             default_instruments(spec),
             on_flush=writer.put,
-            should_stop=lambda: beat.stop_training.is_set() or writer.lost.is_set(),
+            should_stop=lambda: (
+                beat.stop_training.is_set()
+                or writer.lost.is_set()
+                or time.monotonic() > soft_deadline
+            ),
             flush_every_steps=settings.flush_every_steps,
             flush_every_s=settings.flush_every_s,
         )
         writer.put(result.batch, result.steps_run)
         status, summary, step = result.status, result.summary, result.steps_run
+        if status == "cancelled" and beat.reason is None and time.monotonic() > soft_deadline:
+            status = "failed"
+            error = {
+                "type": "time_limit",
+                "message": f"stopped after the time limit of "
+                f"{limit:.0f} s at step {step}; the traces so far are kept",
+            }
         if status == "cancelled" and beat.reason == "lost" or writer.lost.is_set():
             log.warning(
                 "experiment %s attempt %d was taken over; not storing", experiment_id, attempt

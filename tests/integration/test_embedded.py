@@ -82,6 +82,25 @@ def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
         assert done["status"] == "succeeded" and done["summary"]["steps_run"] == 60
         metrics = httpx.get(f"{base}{location}/metrics", headers=auth).json()
         assert len(metrics["loss"]) == 60
+        # kill -9 the worker: the launcher starts another, which runs the next experiment
+        worker_pid = int(
+            subprocess.run(
+                ["pgrep", "-P", str(proc.pid), "-f", "celery"], capture_output=True, text=True
+            ).stdout.split()[0]
+        )
+        os.kill(worker_pid, signal.SIGKILL)
+        nxt = httpx.post(f"{base}/v1/experiments", content=spec, headers=auth)
+        assert nxt.status_code == 202
+        again = wait_for(
+            lambda: (
+                (b := httpx.get(base + nxt.headers["location"], headers=auth).json())["status"]
+                in TERMINAL
+                and b
+            ),
+            120,
+            "a run on the restarted worker",
+        )
+        assert again["status"] == "succeeded"
         bad = httpx.post(
             f"{base}/v1/experiments", content=b'{"train": {"steps": -1}}', headers=auth
         )

@@ -91,3 +91,28 @@ def test_sigkill_with_no_attempts_left_is_failed_with_the_reason(client, backend
     exp = status_of(client, exp_id)
     assert exp["status"] == "failed" and exp["error"]["type"] == "worker_lost"
     assert "no heartbeat" in exp["error"]["message"]
+
+
+def test_hard_time_limit_fails_the_row_and_ends_the_worker(client, backend, tmp_path) -> None:
+    # One step of this takes minutes on a CPU: the soft limit, checked between steps, cannot
+    # stop it; the hard limit does.
+    huge = {
+        "model": {"cell": "gru", "hidden_size": 1024},
+        "task": {"seq_len": 5000},
+        "train": {"steps": 2, "batch_size": 32},
+    }
+    worker = start_worker(backend, tmp_path, SOFT_TIME_LIMIT_S="6", HARD_TIME_LIMIT_GRACE_S="2")
+    try:
+        resp = client.post("/v1/experiments", json=huge)
+        assert resp.status_code == 202, resp.text
+        exp_id = resp.json()["id"]
+        try:
+            wait_for(lambda: worker.poll() is not None, 60, "the worker to end itself")
+        except AssertionError:
+            raise AssertionError(status_of(client, exp_id)) from None
+    finally:
+        stop(worker)
+    assert worker.returncode == 70
+    exp = status_of(client, exp_id)
+    assert exp["status"] == "failed" and exp["error"]["type"] == "time_limit"
+    assert "hard" in exp["error"]["message"]

@@ -129,3 +129,16 @@ def test_a_retry_drops_the_failed_attempts_traces(sessions) -> None:
         chunks = s.scalars(select(SeriesChunk).where(SeriesChunk.name == "loss")).all()
         assert {c.attempt for c in chunks} == {2}
         assert concat(list(chunks))[0] == list(range(30))
+
+
+def test_soft_time_limit_stops_and_keeps_the_traces(sessions, client) -> None:
+    from worker.runner import run_experiment
+
+    spec = {**SMALL, "train": {**SMALL["train"], "steps": 100_000, "time_limit_s": 3.0}}
+    exp_id = add_experiment(sessions, spec)
+    assert run_experiment(exp_id) == "failed"
+    body = client.get(f"/v1/experiments/{exp_id}").json()
+    assert body["error"]["type"] == "time_limit"
+    steps_run = body["summary"]["steps_run"]
+    assert 0 < steps_run < 100_000
+    assert len(client.get(f"/v1/experiments/{exp_id}/metrics").json()["loss"]) == steps_run
