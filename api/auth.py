@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import get_session
+from api.db import get_sessionmaker
 from api.problems import Problem
 from api.settings import get_settings
 from api.tables import ApiKey, utcnow
@@ -75,8 +75,36 @@ limiter = RateLimiter()
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="gradlab"'}
 
 
-def current_owner(request: Request, session: Annotated[Session, Depends(get_session)]) -> str:
-    """The owner of the request's key; 401 without a valid one, 429 over the rate."""
+class KeyCache:
+    """key hash -> owner (None: unknown or revoked) for `auth_cache_s`, so a request costs no
+    key lookup; a revocation takes effect within that time."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str | None, float]] = {}
+
+    def owner(self, digest: str, ttl: float) -> str | None:
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with get_sessionmaker()() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        owner = row.owner if row is not None and row.revoked_at is None else None
+        if len(self._entries) > 10_000:  # a flood of made-up keys must not grow it forever
+            self._entries.clear()
+        self._entries[digest] = (owner, now + ttl)
+        return owner
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+key_cache = KeyCache()
+
+
+async def current_owner(request: Request) -> str:
+    """The owner of the request's key; 401 without a valid one, 429 over the rate. Async: on a
+    cache hit it does no I/O and pays no threadpool hop."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -87,13 +115,14 @@ def current_owner(request: Request, session: Annotated[Session, Depends(get_sess
             "unauthorized",
             headers=UNAUTHORIZED,
         )
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip())))
-    if row is None or row.revoked_at is not None:
+    s = get_settings()
+    digest = hash_key(key.strip())
+    owner = key_cache.owner(digest, s.auth_cache_s)
+    if owner is None:
         raise Problem(
             401, "Unauthorized", "unknown or revoked API key", "unauthorized", headers=UNAUTHORIZED
         )
-    s = get_settings()
-    wait = limiter.take(row.key_hash, s.rate_limit_per_s, s.rate_limit_burst)
+    wait = limiter.take(digest, s.rate_limit_per_s, s.rate_limit_burst)
     if wait > 0:
         raise Problem(
             429,
@@ -102,7 +131,7 @@ def current_owner(request: Request, session: Annotated[Session, Depends(get_sess
             "rate-limited",
             headers={"Retry-After": str(int(wait) + 1)},
         )
-    return row.owner
+    return owner
 
 
 Owner = Annotated[str, Depends(current_owner)]

@@ -1,6 +1,6 @@
 """Engine and session factory for PostgreSQL or the embedded SQLite file."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,7 +40,12 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
 
-def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request."""
-    with get_sessionmaker()() as session:
+async def get_session() -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request. An async generator on purpose: making a
+    Session does no I/O (it connects on first use, inside the route's thread), and FastAPI
+    would otherwise run a sync generator's enter and exit on the threadpool: two hops a request."""
+    session = get_sessionmaker()()
+    try:
         yield session
+    finally:
+        session.close()

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     # Per API key: requests per second (token bucket, per API process), and how many of its
     # experiments may be queued or running at once.
+    auth_cache_s: float = Field(5.0, ge=0, description="a revoked key works at most this long")
     rate_limit_per_s: float = Field(50.0, gt=0)
     rate_limit_burst: float = Field(100.0, ge=1)
     max_active_per_owner: int = Field(500, ge=1)

@@ -122,6 +122,9 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
 
 
 def clear_caches() -> None:
+    from api.auth import key_cache
+
+    key_cache.clear()
     for cached in (settings_mod.get_settings, db.get_sessionmaker, queue.get_celery):
         cached.cache_clear()
     if db.get_engine.cache_info().currsize:

@@ -51,7 +51,10 @@ def test_another_owners_resources_are_404(client, api_key) -> None:
     assert mine != theirs
 
 
-def test_admin_tool_keys_are_hashed_and_revocable(anonymous, sessions, capsys) -> None:
+def test_admin_tool_keys_are_hashed_and_revocable(
+    anonymous, sessions, capsys, settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "auth_cache_s", 0.0)  # see the cache test below
     assert admin(["create", "--name", "ci", "--owner", "team-a"]) == 0
     key = re.search(r"API key: (\S+)", capsys.readouterr().out).group(1)
     with sessions() as s:
@@ -94,3 +97,18 @@ def test_idempotency_key_expires(client, settings, monkeypatch, ttl: float) -> N
     first = client.post("/v1/experiments", json=SMALL, headers=h).json()["id"]
     again = client.post("/v1/experiments", json=SMALL, headers=h).json()["id"]
     assert (first == again) == (ttl > 1)
+
+
+def test_a_revoked_key_works_until_its_cache_entry_expires(
+    client, sessions, settings, monkeypatch
+) -> None:
+    from api.auth import key_cache
+
+    monkeypatch.setattr(settings, "auth_cache_s", 3600.0)
+    assert client.get("/v1/experiments").status_code == 200  # cached now
+    with sessions() as s:
+        (row,) = s.scalars(select(ApiKey)).all()
+    assert admin(["revoke", row.id]) == 0
+    assert client.get("/v1/experiments").status_code == 200  # within auth_cache_s
+    key_cache.clear()  # what the expiry does
+    assert_problem(client.get("/v1/experiments"), 401)
