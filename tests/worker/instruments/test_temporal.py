@@ -173,3 +173,28 @@ def test_linear_rnn_log_profile_has_slope_log_gamma(gamma: float) -> None:
     log_p = np.log(values[0])
     # ||dL/dh_t|| = gamma^(T-1-t) ||dL/dh_{T-1}||: each step back multiplies by gamma.
     np.testing.assert_allclose(log_p[:-1] - log_p[1:], math.log(gamma), atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_norm_layers_go_through_the_generic_route(cell: str) -> None:
+    """Layer-normalised cells have no closed form here: their own `step` is unrolled."""
+    torch.manual_seed(0)
+    net = RecurrentNet(3, 1, cell=cell, hidden_size=8, num_layers=2, norm="layer").double()
+    x = torch.randn(15, 4, 3, dtype=torch.float64)
+    y = torch.randn(4, 1, dtype=torch.float64)
+    # Reference: every layer unrolled through its own step(), h_t.retain_grad().
+    inp, hs_all = x, []
+    for layer in net.rnn:
+        state, hs = None, []
+        for t in range(15):
+            state = layer.step(inp[t], state)
+            h = state if isinstance(state, Tensor) else state[0]
+            h.retain_grad()
+            hs.append(h)
+        hs_all.append(hs)
+        inp = torch.stack(hs)
+    F.mse_loss(net.head(inp[-1]), y).backward()
+    want = [np.array([float(h.grad.norm()) for h in hs]) for hs in hs_all]
+    net.zero_grad()
+    for g, w in zip(fast_profiles(net, x, y), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10)
