@@ -27,12 +27,18 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_size=10, max_overflow=20)
 
 
 @lru_cache
 def get_engine() -> Engine:
     return make_engine(get_settings().database_url)
+
+
+@lru_cache
+def get_read_engine() -> Engine:
+    """The same pool without transactions: a lone read needs no BEGIN and no ROLLBACK."""
+    return get_engine().execution_options(isolation_level="AUTOCOMMIT")
 
 
 @lru_cache

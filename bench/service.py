@@ -48,7 +48,13 @@ def service(n_workers: int, threads_per_worker: int = 1) -> Iterator[tuple[objec
     os.environ.update(env)
     from api import db, queue, settings
 
-    for cached in (settings.get_settings, queue.get_celery, db.get_engine, db.get_sessionmaker):
+    for cached in (
+        settings.get_settings,
+        queue.get_celery,
+        db.get_engine,
+        db.get_sessionmaker,
+        db.get_read_engine,
+    ):
         cached.cache_clear()  # this process may have run a service before, on other URLs
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))

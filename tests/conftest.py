@@ -125,7 +125,12 @@ def clear_caches() -> None:
     from api.auth import key_cache
 
     key_cache.clear()
-    for cached in (settings_mod.get_settings, db.get_sessionmaker, queue.get_celery):
+    for cached in (
+        settings_mod.get_settings,
+        db.get_sessionmaker,
+        db.get_read_engine,
+        queue.get_celery,
+    ):
         cached.cache_clear()
     if db.get_engine.cache_info().currsize:
         db.get_engine().dispose()
