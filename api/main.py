@@ -31,7 +31,7 @@ def add_spec_and_security(app: FastAPI) -> None:
         }
         for path, ops in doc["paths"].items():
             for op in ops.values():
-                codes = ["400", "404", "409", "413", "422"] if path.startswith("/v1") else []
+                codes = ["400", "404", "409", "413", "422", "503"] if path.startswith("/v1") else []
                 if path.startswith("/v1"):
                     op["security"] = [{"bearer": []}]
                     codes += ["401", "429"]

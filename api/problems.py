@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -111,6 +112,19 @@ def install(app: FastAPI) -> None:
             str(exc.detail),
             f"http-{exc.status_code}",
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # The database is restarting or unreachable: the pool drops its dead connections, so
+        # the client's retry reaches a fresh one.
+        log.warning("database unavailable: %s", exc.orig)
+        return problem_response(
+            503,
+            "Database unavailable",
+            "try again shortly",
+            "unavailable",
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

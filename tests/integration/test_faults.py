@@ -198,6 +198,8 @@ def test_postgres_restarted_mid_run_nothing_is_lost(
         down = client.get("/readyz")
         assert down.status_code == 503 and down.json()["checks"]["database"].startswith("down")
         time.sleep(3)  # the worker trains on, its writes wait
+        during = client.get(f"/v1/experiments/{done}")
+        assert during.status_code == 503 and during.headers["retry-after"]  # not a 500
         private_pg.start()
         wait_for(lambda: client.get("/readyz").status_code == 200, 30, "readiness")
         wait_for(
