@@ -5,9 +5,11 @@ included, recovered after an ordinary backward pass through torch's fused module
 from h_t that does not go through h_{t+1} of the same layer (the head, the layers above,
 residual connections). The total adjoint a_t solves a_t = direct_t + J_{t+1}^T a_{t+1}
 backwards in time, with J_{t+1} = dh_{t+1}/dh_t. For rnn, lstm and gru the products
-J^T a have closed forms evaluated from the stored inputs and hidden states (one batched
-matmul for the gates, then one (B, G*H) x (G*H, H) matmul per time step); other layers
-that expose `step(x_t, state) -> state` go through a generic unrolled autograd recompute.
+J^T a have closed forms evaluated from the stored inputs and hidden states (the gates
+recomputed by batched matmuls over blocks of time steps, then one (B, G*H) x (G*H, H) matmul
+per time step, no autograd); other layers that expose `step(x_t, state) -> state` go through
+a generic unrolled autograd recompute (`unrolled`), also kept for the known cells to measure
+against (bench/temporal_routes.py).
 """
 
 from __future__ import annotations

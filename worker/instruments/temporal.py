@@ -2,8 +2,10 @@
 layer and time step, the whole backpropagation-through-time signal. Training keeps torch's
 fused modules; the totals are recovered from the outputs' own gradients (see adjoint.py).
 
-Measured on this CPU (bench/temporal_routes.py): the closed forms cost well under the
-unrolled autograd recompute, which is kept as the generic route for custom layers."""
+Route chosen by measurement (bench/temporal_routes.py, 1 CPU thread, H=128, B=64): the
+closed-form adjoint costs about 0.2x (rnn) to 0.6x (lstm, gru) of one training step, below
+the unrolled autograd recompute (about 0.7x to 1x), which stays as the route for custom
+layers with `step()`. Series `temporal/{layer}`: a vector of T values per instrumented step."""
 
 from __future__ import annotations
 
