@@ -3,8 +3,8 @@ layer and time step, the whole backpropagation-through-time signal. Training kee
 fused modules; the totals are recovered from the outputs' own gradients (see adjoint.py).
 
 Route chosen by measurement (bench/temporal_routes.py, 1 CPU thread, H=128, B=64): the
-closed-form adjoint costs about 0.2x (rnn) to 0.6x (lstm, gru) of one training step, below
-the unrolled autograd recompute (about 0.7x to 1x), which stays as the route for custom
+closed-form adjoint costs about 0.2x to 0.4x of one training step (rnn, lstm, gru; T=100, 500),
+below the unrolled autograd recompute (about 0.6x to 0.9x), which stays the route for custom
 layers with `step()`. Series `temporal/{layer}`: a vector of T values per instrumented step."""
 
 from __future__ import annotations
