@@ -40,6 +40,7 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
             "metrics": f"{base}/metrics",
             "gradients": f"{base}/gradients",
             "events": f"{base}/events",
+            "instruments": f"{base}/instruments",
             "cancel": f"{base}/cancel",
         },
     }
