@@ -50,7 +50,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=100)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadier on a shared CPU)"
+    )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     spec = ExperimentCreate.model_validate(
         {
             "task": {"name": "adding", "seq_len": args.seq_len},
