@@ -17,108 +17,117 @@ sys.path.insert(0, str(ROOT))
 
 
 @contextlib.contextmanager
-def service(n_workers: int, threads_per_worker: int = 1) -> Iterator[tuple[object, str]]:
-    """Yields (an httpx-compatible client of the API, a description of the backend)."""
-    from alembic import command
-    from alembic.config import Config
+def fresh_database(pg_admin_url: str | None, folder: Path) -> Iterator[str]:
+    """A new, migrated database: on PostgreSQL (dropped afterwards) or a SQLite file."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    tmp = Path(tempfile.mkdtemp(prefix="gradlab-bench-"))
-    pg, rd = os.environ.get("BENCH_PG"), os.environ.get("BENCH_REDIS")
-    admin = None
-    if pg and rd:
-        name = f"gradlab_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(pg, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        db_url = make_url(pg).set(database=name).render_as_string(hide_password=False)
-        broker, desc = rd, "PostgreSQL + Redis"
-    else:
-        db_url = f"sqlite:///{tmp}/gradlab.sqlite"
-        broker, desc = f"sqla+sqlite:///{tmp}/broker.sqlite", "SQLite + SQLAlchemy broker"
-    env = {
-        "DATABASE_URL": db_url,
-        "BROKER_URL": broker,
-        "QUEUE_NAME": f"bench-{uuid.uuid4().hex[:6]}",
-        "TORCH_THREADS": str(threads_per_worker),
-        "OMP_NUM_THREADS": str(threads_per_worker),
-        "FLUSH_EVERY_S": "2",
-    }
-    os.environ.update(env)
-    from api import db, queue, settings
+    from api.migrate import upgrade
 
+    if pg_admin_url is None:
+        url = f"sqlite:///{folder}/gradlab.sqlite"
+        upgrade(url)
+        yield url
+        return
+    name = f"gradlab_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        from api import db
+
+        if db.get_engine.cache_info().currsize:
+            db.get_engine().dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def use_environment(env: dict[str, str]) -> None:
+    """Point this process's settings, engines and Celery client at `env`."""
+    from api import db, queue, settings
+    from api.auth import key_cache
+
+    os.environ.update(env)
     for cached in (
         settings.get_settings,
         queue.get_celery,
-        db.get_engine,
-        db.get_sessionmaker,
         db.get_read_engine,
+        db.get_sessionmaker,
+        db.get_engine,
     ):
         cached.cache_clear()  # this process may have run a service before, on other URLs
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.attributes["url"] = db_url
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    key_cache.clear()
+
+
+def start_workers(n: int, env: dict[str, str], log_dir: Path) -> list[subprocess.Popen]:
+    from worker.embedded import worker_command
+
     workers = []
-    for i in range(n_workers):
-        log = open(tmp / f"worker{i}.log", "wb")  # noqa: SIM115
+    for i in range(n):
+        log = open(log_dir / f"worker{i}.log", "wb")  # noqa: SIM115
         workers.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.celery_app",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "-Q",
-                    env["QUEUE_NAME"],
-                    "-n",
-                    f"bench{i}@%h",
-                    "--loglevel",
-                    "INFO",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
+                worker_command(env["QUEUE_NAME"], f"bench{i}", "INFO"),
                 cwd=ROOT,
                 env={**os.environ, **env, "WORKER_NAME": f"bench{i}"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         )
-    # wait until every worker says it is ready
     deadline = time.time() + 120
-    while time.time() < deadline:
-        if all(b"ready." in (tmp / f"worker{i}.log").read_bytes() for i in range(n_workers)):
-            break
+    while time.time() < deadline and not all(
+        b"ready." in (log_dir / f"worker{i}.log").read_bytes() for i in range(n)
+    ):
         time.sleep(0.2)
-    from fastapi.testclient import TestClient
+    return workers
 
+
+def make_key(owner: str = "bench") -> str:
     from api.auth import create_key
-    from api.main import create_app
+    from api.db import get_sessionmaker
 
-    with db.get_sessionmaker()() as session:
-        _, key = create_key(session, "bench", "bench")
-    try:
-        with TestClient(create_app()) as client:
-            client.headers["Authorization"] = f"Bearer {key}"
-            yield client, desc
-    finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(30)
-        db.get_engine().dispose()
-        for cached in (db.get_engine, db.get_sessionmaker):
-            cached.cache_clear()
-        if admin is not None:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with get_sessionmaker()() as session:
+        return create_key(session, owner, owner)[1]
+
+
+@contextlib.contextmanager
+def service(n_workers: int, threads_per_worker: int = 1) -> Iterator[tuple[object, str]]:
+    """Yields (an httpx-compatible client of the API with a key, a description of the backend)."""
+    tmp = Path(tempfile.mkdtemp(prefix="gradlab-bench-"))
+    pg, rd = os.environ.get("BENCH_PG"), os.environ.get("BENCH_REDIS")
+    use_pg = bool(pg and rd)
+    with fresh_database(pg if use_pg else None, tmp) as db_url:
+        broker = rd if use_pg else f"sqla+sqlite:///{tmp}/broker.sqlite"
+        desc = "PostgreSQL + Redis" if use_pg else "SQLite + SQLAlchemy broker"
+        env = {
+            "DATABASE_URL": db_url,
+            "BROKER_URL": broker,
+            "QUEUE_NAME": f"bench-{uuid.uuid4().hex[:6]}",
+            "TORCH_THREADS": str(threads_per_worker),
+            "OMP_NUM_THREADS": str(threads_per_worker),
+            "FLUSH_EVERY_S": "2",
+        }
+        use_environment(env)
+        workers = start_workers(n_workers, env, tmp)
+        key = make_key()
+        from fastapi.testclient import TestClient
+
+        from api.main import create_app
+
+        try:
+            with TestClient(create_app()) as client:
+                client.headers["Authorization"] = f"Bearer {key}"
+                yield client, desc
+        finally:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(30)
 
 
 def wait_sweep(client, sweep_id: str, timeout: float = 3600) -> dict:  # noqa: ANN001

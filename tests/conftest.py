@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from api import db, queue
 from api import settings as settings_mod
+from api.migrate import upgrade
 from api.tables import Base
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +36,7 @@ def unavailable(what: str, exc: Exception) -> None:
     pytest.skip(f"{what} unreachable: {exc}")
 
 
-def migrate(url: str) -> None:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.attributes["url"] = url
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+migrate = upgrade  # tests apply the real migrations to each database they make
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,8 @@ import subprocess
 import sys
 import time
 
-from alembic import command
-from alembic.config import Config
-
+from api.migrate import upgrade
 from api.settings import get_settings
-
-
-def migrate() -> None:
-    command.upgrade(Config("alembic.ini"), "head")
 
 
 def local_key() -> str:
@@ -41,30 +35,36 @@ def local_key() -> str:
     return key
 
 
+def worker_command(queue: str, name: str | None = None, loglevel: str = "INFO") -> list[str]:
+    """A solo worker: one experiment at a time, no forked CUDA contexts."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        loglevel,
+        "-Q",
+        queue,
+    ]
+    if name is not None:  # a lone worker needs none of the cluster chatter
+        cmd += ["-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return cmd
+
+
 def start_worker(queue: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
-            "--loglevel",
-            "INFO",
-            "-Q",
-            queue,
-        ]
-    )
+    return subprocess.Popen(worker_command(queue))
 
 
 def main() -> int:
     settings = get_settings()
-    migrate()
+    upgrade()
     print(f"API key: {local_key()}", flush=True)
     worker = start_worker(settings.queue_name)
     api = subprocess.Popen(

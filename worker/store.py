@@ -25,6 +25,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def ours(experiment_id: str, attempt: int) -> tuple:
+    """The rows this attempt may still write: running, and not handed to another attempt."""
+    return (
+        Experiment.id == experiment_id,
+        Experiment.attempt == attempt,
+        Experiment.status == "running",
+    )
+
+
 def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
     """queued -> running, atomically: of two deliveries of the same message, one wins."""
     now = utcnow()
@@ -70,11 +79,7 @@ def write_batch(
     """Store one flushed batch and the progress. False when the row is no longer ours."""
     res = session.execute(
         update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.attempt == attempt,
-            Experiment.status == "running",
-        )
+        .where(*ours(experiment_id, attempt))
         .values(progress_step=step, heartbeat_at=utcnow())
     )
     if res.rowcount != 1:
@@ -101,13 +106,7 @@ def write_batch(
 def heartbeat(session: Session, experiment_id: str, attempt: int) -> tuple[bool, bool]:
     """Returns (still ours, cancel requested)."""
     res = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.attempt == attempt,
-            Experiment.status == "running",
-        )
-        .values(heartbeat_at=utcnow())
+        update(Experiment).where(*ours(experiment_id, attempt)).values(heartbeat_at=utcnow())
     )
     session.commit()
     if res.rowcount != 1:
@@ -144,14 +143,6 @@ def finish(
     )
     if progress_step is not None:
         values["progress_step"] = progress_step
-    res = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.attempt == attempt,
-            Experiment.status == "running",
-        )
-        .values(**values)
-    )
+    res = session.execute(update(Experiment).where(*ours(experiment_id, attempt)).values(**values))
     session.commit()
     return res.rowcount == 1

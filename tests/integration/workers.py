@@ -2,13 +2,13 @@
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import ROOT, Backend
+from worker.embedded import worker_command
 
 FAST_RELIABILITY = {
     "HEARTBEAT_INTERVAL_S": "0.5",
@@ -26,25 +26,7 @@ def start_worker(backend: Backend, log_dir: Path, **env: str) -> subprocess.Pope
     full_env = {**os.environ, **backend.env(), **FAST_RELIABILITY, **env, "WORKER_NAME": name}
     log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            backend.queue_name,
-            "-n",
-            f"{name}@%h",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
+        worker_command(backend.queue_name, name),
         cwd=ROOT,
         env=full_env,
         stdout=log,
