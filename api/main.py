@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import experiments, health, sweeps
+from api.routes import experiments, health, plots, reports, sweeps
 from api.schemas import ExperimentCreate
 
 
@@ -56,6 +56,8 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(sweeps.router)
+    app.include_router(plots.router)
+    app.include_router(reports.router)
     add_spec_and_security(app)
     return app
 

@@ -1,0 +1,212 @@
+"""Plots (PNG, SVG) and report pages after real runs; the figures hold the stored numbers."""
+
+import base64
+import io
+import math
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+from PIL import Image
+
+from tests.api.test_experiments import assert_problem
+from tests.worker.test_runner import SMALL, add_experiment
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png(content: bytes) -> Image.Image:
+    assert content.startswith(PNG_MAGIC)
+    img = Image.open(io.BytesIO(content))
+    img.load()
+    assert img.width >= 400 and img.height >= 200
+    # something is drawn: a blank canvas has one colour, a plot has hundreds
+    assert len(img.convert("RGB").getcolors(1 << 20)) > 50
+    return img
+
+
+def run(sessions, spec=SMALL) -> str:  # noqa: ANN001
+    from worker.runner import run_experiment
+
+    exp_id = add_experiment(sessions, spec)
+    assert run_experiment(exp_id) in ("succeeded", "diverged")
+    return exp_id
+
+
+@pytest.fixture
+def finished(sessions) -> str:  # noqa: ANN001
+    return run(sessions)
+
+
+def figure_of(sessions, exp_id: str, name: str):  # noqa: ANN001, ANN201
+    from api.routes.plots import experiment_figure
+    from api.tables import Experiment
+
+    with sessions() as s:
+        return experiment_figure(s, s.get(Experiment, exp_id), name)
+
+
+def test_every_plot_as_png_and_svg(client, finished: str) -> None:
+    for name in ("temporal", "loss", "gradients", "spectrum"):
+        resp = client.get(f"/v1/experiments/{finished}/plots/{name}.png")
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+        png(resp.content)
+        resp = client.get(f"/v1/experiments/{finished}/plots/{name}.svg")
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/svg+xml"
+        root = ET.fromstring(resp.content)
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert len(list(root.iter())) > 50
+
+
+def test_temporal_heatmap_is_log10_of_the_stored_profiles(client, sessions, finished) -> None:
+    layers = client.get(f"/v1/experiments/{finished}/gradients").json()["temporal"]["layers"]
+    values = layers[0]["values"]
+    assert len(values) == 7 and len(values[0]) == SMALL["task"]["seq_len"]
+    fig = figure_of(sessions, finished, "temporal")
+    heat = fig.axes[0].images[0].get_array()
+    assert heat.shape == (7, 10)
+    for i, row in enumerate(values):
+        for t, v in enumerate(row):
+            assert float(heat[i, t]) == pytest.approx(math.log10(v))
+    # the profile panel plots the first, middle and last instrumented steps
+    assert [line.get_label() for line in fig.axes[1].lines] == ["step 0", "step 15", "step 29"]
+
+
+def test_loss_has_the_baseline_and_spectrum_the_bound(client, sessions, finished) -> None:
+    exp = client.get(f"/v1/experiments/{finished}").json()
+    baseline = exp["summary"]["baseline_loss"]
+    ax = figure_of(sessions, finished, "loss").axes[0]
+    labels = {line.get_label(): line for line in ax.lines}
+    assert list(labels["training loss"].get_ydata()) == pytest.approx(
+        client.get(f"/v1/experiments/{finished}/metrics").json()["loss"]
+    )
+    assert list(labels[f"baseline {baseline:.4g}"].get_ydata()) == pytest.approx([baseline] * 2)
+    ax = figure_of(sessions, finished, "spectrum").axes[0]
+    bound = [line for line in ax.lines if line.get_label().startswith("1/gamma")]
+    assert list(bound[0].get_ydata()) == [1.0, 1.0]  # tanh: gamma = 1
+    sigma = exp["summary"]["spectrum"]["0"]["hh"]["sigma_max"]
+    hh = next(line for line in ax.lines if line.get_label() == "hh: sigma_max")
+    assert hh.get_ydata()[-1] == pytest.approx(sigma)
+
+
+def test_unknown_plot_or_format_or_owner_is_404(client, api_key, finished: str) -> None:
+    assert_problem(client.get(f"/v1/experiments/{finished}/plots/nope.png"), 404)
+    assert_problem(client.get(f"/v1/experiments/{finished}/plots/loss.gif"), 404)
+    assert_problem(client.get("/v1/experiments/missing/plots/loss.png"), 404)
+    other = {"Authorization": f"Bearer {api_key('intruder')}"}
+    assert_problem(client.get(f"/v1/experiments/{finished}/plots/loss.png", headers=other), 404)
+    assert_problem(client.get(f"/v1/experiments/{finished}/report", headers=other), 404)
+    assert_problem(client.get(f"/v1/plots/overlay.png?ids={finished}", headers=other), 404)
+
+
+def test_no_data_yet_is_an_empty_valid_image(client, sessions) -> None:
+    exp_id = add_experiment(sessions, SMALL)  # queued, never run
+    for name in ("temporal", "loss", "gradients", "spectrum"):
+        resp = client.get(f"/v1/experiments/{exp_id}/plots/{name}.png")
+        assert resp.status_code == 200
+        assert resp.content.startswith(PNG_MAGIC)
+        texts = [t.get_text() for t in figure_of(sessions, exp_id, name).axes[0].texts]
+        assert any("yet" in t for t in texts)
+
+
+def test_overlay_of_experiments_and_of_a_sweep(client, sessions) -> None:
+    from api.routes.plots import overlay
+    from api.tables import Experiment
+    from worker.runner import run_experiment
+
+    a = run(sessions)
+    b = run(sessions, {**SMALL, "train": {**SMALL["train"], "steps": 20}})
+    resp = client.get("/v1/plots/overlay.png", params={"ids": f"{a},{b}", "quantity": "loss"})
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    png(resp.content)
+    with sessions() as s:
+        rows = [s.get(Experiment, a), s.get(Experiment, b)]
+        lines = overlay(s, rows, "loss", "t", by_point=False).axes[0].lines
+    assert [len(line.get_xdata()) for line in lines] == [30, 20]
+    assert client.get(f"/v1/plots/overlay.svg?ids={a}&quantity=grad_norm").status_code == 200
+    assert_problem(client.get("/v1/plots/overlay.png"), 422)
+    assert_problem(client.get(f"/v1/plots/overlay.png?ids={a}&quantity=nope"), 422)
+    assert_problem(client.get(f"/v1/plots/overlay.png?ids={a},missing"), 404)
+
+    sweep = client.post(
+        "/v1/sweeps", json={"base": SMALL, "grid": {"task.seq_len": [5, 10]}, "seeds": [0, 1]}
+    ).json()
+    for exp_id in (e for p in sweep["points"] for e in p["experiments"]):
+        assert run_experiment(exp_id) == "succeeded"
+    resp = client.get(f"/v1/plots/overlay.png?sweep={sweep['id']}&quantity=val_loss")
+    assert resp.status_code == 200
+    png(resp.content)
+    with sessions() as s:
+        rows = list(s.query(Experiment).where(Experiment.sweep_id == sweep["id"]))
+        ax = overlay(s, rows, "val_loss", "t", by_point=True).axes[0]
+    # four runs, two grid points: a colour and one legend entry a point
+    assert len(ax.lines) == 4
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == [
+        "seq_len=10",
+        "seq_len=5",
+    ]
+    assert_problem(client.get("/v1/plots/overlay.png?sweep=missing"), 404)
+
+
+def report_images(html: str) -> list[Image.Image]:
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    return [png(base64.b64decode(u)) for u in uris]
+
+
+def bare(client):  # noqa: ANN001, ANN201
+    """A client of the same app that sends no Authorization header (`anonymous` and `client`
+    are one object)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(client.app, raise_server_exceptions=False)
+
+
+def test_experiment_report_page(client, finished: str) -> None:
+    resp = client.get(f"/v1/experiments/{finished}/report")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in resp.headers["content-security-policy"]
+    assert resp.headers["referrer-policy"] == "no-referrer"
+    html = resp.text
+    assert len(report_images(html)) == 4
+    exp = client.get(f"/v1/experiments/{finished}").json()
+    assert f">{exp['diagnosis']['verdict']}</span>" in html
+    assert "ratio_first_last" in html and "baseline_loss" in html
+    # the page's own script is the only one, and the CSP pins it by hash
+    from api.report import SCRIPT_HASH
+
+    assert html.count("<script>") == 1 and SCRIPT_HASH in resp.headers["content-security-policy"]
+    # a browser sends no header: ?key= works for the report, and only a valid key
+    key = client.headers["Authorization"].removeprefix("Bearer ")
+    anonymous = bare(client)
+    assert anonymous.get(f"/v1/experiments/{finished}/report?key={key}").status_code == 200
+    assert_problem(anonymous.get(f"/v1/experiments/{finished}/report"), 401)
+    assert_problem(anonymous.get(f"/v1/experiments/{finished}/report?key=glk_nope"), 401)
+    # ?key= is for the report pages only
+    assert_problem(anonymous.get(f"/v1/experiments/{finished}?key={key}"), 401)
+    assert_problem(anonymous.get(f"/v1/experiments/{finished}/plots/loss.png?key={key}"), 401)
+
+
+def test_report_escapes_what_the_user_wrote(client, sessions) -> None:
+    exp_id = run(sessions, {**SMALL, "name": "<script>alert(1)</script>"})
+    html = client.get(f"/v1/experiments/{exp_id}/report").text
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+
+
+def test_sweep_report_page(client) -> None:
+    from worker.runner import run_experiment
+
+    sweep = client.post(
+        "/v1/sweeps", json={"base": SMALL, "grid": {"model.cell": ["rnn", "gru"]}}
+    ).json()
+    ids = [e for p in sweep["points"] for e in p["experiments"]]
+    for exp_id in ids:
+        assert run_experiment(exp_id) == "succeeded"
+    html = client.get(f"/v1/sweeps/{sweep['id']}/report").text
+    assert len(report_images(html)) == 3
+    for exp_id in ids:
+        assert f'href="/v1/experiments/{exp_id}/report"' in html
+    assert "model.cell -&gt;" in html  # the factor's effect line
+    key = client.headers["Authorization"].removeprefix("Bearer ")
+    html = bare(client).get(f"/v1/sweeps/{sweep['id']}/report", params={"key": key}).text
+    assert f'href="/v1/experiments/{ids[0]}/report?key={key}"' in html  # links keep the key
+    assert_problem(client.get("/v1/sweeps/missing/report"), 404)
