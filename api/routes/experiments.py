@@ -5,11 +5,12 @@ import binascii
 import hashlib
 import logging
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,12 +27,25 @@ from api.schemas import (
     estimated_cost,
 )
 from api.settings import get_settings
-from api.tables import Event, Experiment, SeriesChunk, utcnow
+from api.tables import Event, Experiment, SeriesChunk, new_id, utcnow
 from api.traces import concat, unpack
 from api.views import Thinning, as_utc, experiment_view
 
 log = logging.getLogger("gradlab.api")
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+EXPERIMENT_TABLE = Experiment.__table__
+INSERT_EXPERIMENT = insert(EXPERIMENT_TABLE)
+UNSET_AT_SUBMIT = (
+    "sweep_id",
+    "sweep_params",
+    "worker",
+    "started_at",
+    "heartbeat_at",
+    "finished_at",
+    "summary",
+    "diagnosis",
+    "error",
+)
 
 MAX_BODY_BYTES = 64 * 1024
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -123,19 +137,27 @@ def create_experiment(
             existing.idempotency_key = None  # expired: the key is free for a new request
             session.flush()
     check_active_cap(session, owner, 1)
-    row = Experiment(
-        spec=normalised,
+    now = utcnow()
+    # A Core insert: a fraction of the ORM's unit-of-work cost on the busiest write.
+    row = SimpleNamespace(
+        id=new_id(),
+        status="queued",
         name=spec.name,
         tags=spec.tags,
         owner=owner,
+        spec=normalised,
         idempotency_key=idempotency_key,
         request_hash=digest,
-        status="queued",
+        attempt=0,
+        cancel_requested=False,
+        progress_step=0,
         total_steps=spec.train.steps,
-        enqueued_at=utcnow(),
+        created_at=now,
+        enqueued_at=now,
+        **dict.fromkeys(UNSET_AT_SUBMIT),
     )
-    session.add(row)
     try:
+        session.execute(INSERT_EXPERIMENT, vars(row))  # one compiled statement, reused
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
@@ -159,12 +181,12 @@ def create_experiment(
 def check_active_cap(session: Session, owner: str, adding: int) -> None:
     """429 when the owner's queued + running experiments would pass the cap."""
     cap = get_settings().max_active_per_owner
-    active = session.scalar(
-        select(func.count())
-        .select_from(Experiment)
-        .where(Experiment.owner == owner, Experiment.status.in_(("queued", "running")))
+    active_rows = select(EXPERIMENT_TABLE.c.id).where(
+        EXPERIMENT_TABLE.c.owner == owner, EXPERIMENT_TABLE.c.status.in_(("queued", "running"))
     )
-    if active + adding > cap:
+    # Is there a (cap - adding + 1)-th active row? An index walk that stops there, not a count.
+    if session.execute(active_rows.offset(max(cap - adding, 0)).limit(1)).first() is not None:
+        active = session.scalar(select(func.count()).select_from(active_rows.subquery()))
         raise Problem(
             429,
             "Too many active experiments",
@@ -254,9 +276,6 @@ def list_experiments(
             "next_cursor": _encode_cursor(page[-1]) if more and page else None,
         }
     )
-
-
-EXPERIMENT_TABLE = Experiment.__table__
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead)
