@@ -65,7 +65,10 @@ class Experiment(Base):
     diagnosis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_experiments_idempotency", "owner", "idempotency_key", unique=True),)
+    __table_args__ = (
+        Index("ix_experiments_idempotency", "owner", "idempotency_key", unique=True),
+        Index("ix_experiments_owner_status", "owner", "status"),
+    )
 
 
 class SeriesChunk(Base):
