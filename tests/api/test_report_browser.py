@@ -3,63 +3,26 @@ it) against uvicorn on a loopback port, on the embedded SQLite default. The page
 images decode (the page's own script writes loaded/total on <body>), and a screenshot is
 taken."""
 
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
 from tests.api.test_plots import run
+from tests.serving import uvicorn
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(settings, backend, tmp_path):  # noqa: ANN001, ANN201
     """uvicorn serving the app on the test's database; yields its base URL."""
-    port = free_port()
-    env = {**os.environ, **backend.env(), "PYTHONPATH": str(ROOT)}
-    log = (tmp_path / "uvicorn.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--no-access-log"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (tmp_path / "uvicorn.log").read_text()
-            assert time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.2)
+    with uvicorn(backend.env(), tmp_path / "uvicorn.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess:

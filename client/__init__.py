@@ -1,0 +1,183 @@
+"""A small Python client for the gradlab API, on httpx.
+
+    from client import Client
+    with Client("http://127.0.0.1:8000", key) as gl:
+        exp = gl.submit({"task": {"seq_len": 50}})
+        exp = gl.wait(exp["id"])
+        print(exp["diagnosis"]["verdict"])
+
+Errors come back as `ApiError` carrying the RFC 9457 problem; 429 and 503 are retried after
+their Retry-After (a few times, capped), so polling rides out a rate limit or a database
+restart."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+KEY_FILE = Path("data/api_key")  # the embedded default's own key (`make run` writes it)
+TERMINAL = frozenset({"succeeded", "diverged", "failed", "cancelled"})
+RETRY_STATUSES = frozenset({429, 503})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status, self.problem = status, problem
+        title = problem.get("title") or "error"
+        detail = problem.get("detail") or ""
+        super().__init__(f"{status} {title}: {detail}".rstrip(": "))
+
+
+def default_url() -> str:
+    return os.environ.get("GRADLAB_URL") or DEFAULT_URL
+
+
+def default_key() -> str | None:
+    """GRADLAB_KEY, else data/api_key (relative to the working directory) when it exists."""
+    if os.environ.get("GRADLAB_KEY"):
+        return os.environ["GRADLAB_KEY"]
+    if KEY_FILE.is_file():
+        return KEY_FILE.read_text().strip() or None
+    return None
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+    ) -> None:
+        """`http`: an httpx.Client to send through (a test's in-process client, say); its base
+        URL, and its Authorization header when it has one and no `key` is given, are used as
+        they are."""
+        self._own = http is None
+        self.http = http or httpx.Client(base_url=url or default_url(), timeout=timeout)
+        if key is None and "authorization" in self.http.headers:
+            self.key = self.http.headers["authorization"].removeprefix("Bearer ")
+        else:
+            self.key = key if key is not None else default_key()
+            if self.key:
+                self.http.headers["Authorization"] = f"Bearer {self.key}"
+        self.retries = retries
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own:
+            self.http.close()
+
+    # -- plumbing --
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            resp = self.http.request(method, path, **kwargs)
+            if resp.status_code not in RETRY_STATUSES or attempt == self.retries:
+                break
+            wait = resp.headers.get("retry-after", "1")
+            time.sleep(min(float(wait) if wait.replace(".", "", 1).isdigit() else 1.0, 30.0))
+        if resp.status_code >= 400:
+            try:
+                problem = resp.json()
+            except ValueError:
+                problem = {"title": resp.reason_phrase, "detail": resp.text[:500]}
+            raise ApiError(resp.status_code, problem if isinstance(problem, dict) else {})
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # -- experiments --
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/experiments", json=spec, headers=headers)
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/experiments/{experiment_id}")
+
+    def cancel(self, experiment_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/experiments/{experiment_id}/cancel")
+
+    def wait(
+        self,
+        experiment_id: str,
+        *,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Polls until the experiment reaches a terminal status; returns it. TimeoutError past
+        `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            exp = self.experiment(experiment_id)
+            if on_update:
+                on_update(exp)
+            if exp["status"] in TERMINAL:
+                return exp
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{experiment_id} still {exp['status']} after {timeout} s")
+            time.sleep(poll)
+
+    def traces(self, experiment_id: str, max_points: int | None = None) -> dict[str, Any]:
+        """Everything recorded: the experiment, metrics, gradients (temporal profiles
+        included), the other instruments and the events, in one document."""
+        params = {"max_points": max_points} if max_points else {}
+        base = f"/v1/experiments/{experiment_id}"
+        return {
+            "experiment": self.experiment(experiment_id),
+            "metrics": self._json("GET", f"{base}/metrics", params=params),
+            "gradients": self._json("GET", f"{base}/gradients", params=params),
+            "instruments": self._json("GET", f"{base}/instruments", params=params),
+            "events": self._json("GET", f"{base}/events")["items"],
+        }
+
+    def plot(self, experiment_id: str, name: str, fmt: str = "png") -> bytes:
+        return self.request("GET", f"/v1/experiments/{experiment_id}/plots/{name}.{fmt}").content
+
+    def report(self, experiment_id: str) -> str:
+        return self.request("GET", f"/v1/experiments/{experiment_id}/report").text
+
+    # -- sweeps --
+
+    def submit_sweep(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/sweeps", json=request)
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/sweeps/{sweep_id}")
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        poll: float = 2.0,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sweep = self.sweep(sweep_id)
+            if on_update:
+                on_update(sweep)
+            if sweep["status"] == "finished":
+                return sweep
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id} still {sweep['status']} after {timeout} s")
+            time.sleep(poll)
+
+    def sweep_report(self, sweep_id: str) -> str:
+        return self.request("GET", f"/v1/sweeps/{sweep_id}/report").text

@@ -1,0 +1,131 @@
+"""The client and the `gradlab` CLI against the app with real runs: in process on both
+backends (the CLI sends through the test's httpx client), and as a real process over loopback
+HTTP to uvicorn."""
+
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from client import ApiError, Client
+from client.cli import main
+from tests.serving import ROOT, uvicorn, worker_thread
+from tests.worker.test_runner import SMALL
+
+
+def cli(client, capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
+    code = main(["-q", *argv], http=client)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_submit_wait_show_traces_report_plot(client, sessions, capsys, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SMALL))
+    with worker_thread(sessions) as ran:
+        code, out, err = cli(client, capsys, "submit", str(spec), "--wait", "--poll", "0.1")
+    assert code == 0, err
+    exp = json.loads(out)
+    assert code == 0 and exp["status"] == "succeeded" and ran == [exp["id"]]
+    assert exp["progress"] == {"step": 30, "total_steps": 30} and exp["diagnosis"]["verdict"]
+
+    code, out, _ = cli(client, capsys, "show", exp["id"])
+    assert code == 0 and json.loads(out)["summary"] == exp["summary"]
+
+    traces = tmp_path / "traces.json"
+    code, _, err = cli(client, capsys, "traces", exp["id"], "--out", str(traces))
+    doc = json.loads(traces.read_text())
+    assert code == 0 and f"wrote {traces}" in err
+    assert doc["metrics"]["steps"] == list(range(30))
+    assert doc["gradients"]["temporal"]["layers"][0]["steps"] == [0, 5, 10, 15, 20, 25, 29]
+    assert doc["instruments"]["spectrum"]["0"]["hh"]["sigma_max"]["values"]
+    assert doc["experiment"]["id"] == exp["id"] and doc["events"] == []
+
+    report = tmp_path / "report.html"
+    assert cli(client, capsys, "report", exp["id"], "--out", str(report))[0] == 0
+    assert report.read_text().count('src="data:image/png;base64,') == 4
+    plot = tmp_path / "t.svg"
+    assert cli(client, capsys, "plot", exp["id"], "temporal", "--out", str(plot))[0] == 0
+    assert plot.read_text().lstrip().startswith("<?xml") and "<svg" in plot.read_text()
+
+
+def test_errors_are_exit_1_with_the_problem(client, capsys, tmp_path: Path) -> None:
+    code, _, err = cli(client, capsys, "show", "missing")
+    assert code == 1 and "404 Not found" in err and "missing" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train": {"steps": 0}, "model": {"cell": "tree"}}))
+    code, out, err = cli(client, capsys, "submit", str(bad))
+    assert code == 1 and out == ""
+    assert "422" in err and "train.steps" in err and "model" in err
+    code, _, err = cli(client, capsys, "submit", str(tmp_path / "nowhere.json"))
+    assert code == 1 and "nowhere.json" in err
+
+
+def test_a_diverged_run_is_exit_3(client, sessions, capsys, tmp_path: Path) -> None:
+    from tests.worker.test_train import EXPLODING
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**SMALL, **EXPLODING}))
+    with worker_thread(sessions):
+        code, out, _ = cli(client, capsys, "submit", str(spec), "--wait", "--poll", "0.1")
+    assert code == 3 and json.loads(out)["status"] == "diverged"
+
+
+def test_sweep_wait(client, sessions, capsys, tmp_path: Path) -> None:
+    req = tmp_path / "sweep.json"
+    req.write_text(json.dumps({"base": SMALL, "grid": {"task.seq_len": [5, 10]}}))
+    with worker_thread(sessions) as ran:
+        code, out, _ = cli(client, capsys, "sweep", str(req), "--wait", "--poll", "0.2")
+    sweep = json.loads(out)
+    assert code == 0 and sweep["status"] == "finished" and sweep["counts"] == {"succeeded": 2}
+    assert sorted(ran) == sorted(e for p in sweep["points"] for e in p["experiments"])
+    report = tmp_path / "sweep.html"
+    assert cli(client, capsys, "report", sweep["id"], "--sweep", "--out", str(report))[0] == 0
+    assert "seq_len" in report.read_text()
+
+
+def test_key_from_environment_or_data_file(client, monkeypatch, tmp_path: Path) -> None:
+    key = client.headers.pop("Authorization").removeprefix("Bearer ")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRADLAB_KEY", raising=False)
+    with pytest.raises(ApiError) as info:
+        Client(http=client).experiment("x")
+    assert info.value.status == 401
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api_key").write_text(key + "\n")
+    with pytest.raises(ApiError) as info:  # the key from data/api_key: now the id is unknown
+        Client(http=client).experiment("x")
+    assert info.value.status == 404
+    client.headers.pop("Authorization")
+    monkeypatch.setenv("GRADLAB_KEY", "glk_wrong")  # the environment wins over the file
+    with pytest.raises(ApiError) as info:
+        Client(http=client).experiment("x")
+    assert info.value.status == 401
+
+
+def test_console_script_is_packaged() -> None:
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("gradlab") == "client.cli:main"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_cli_process_over_loopback(backend, sessions, api_key, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SMALL))
+    with uvicorn(backend.env(), tmp_path / "uvicorn.log") as base, worker_thread(sessions):
+        env = {"GRADLAB_URL": base, "GRADLAB_KEY": api_key("tester"), "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-m", "client", "submit", str(spec), "--wait", "--poll", "0.2"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**__import__("os").environ, **env},
+            cwd=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr
+    exp = json.loads(done.stdout)
+    assert exp["status"] == "succeeded"
+    assert f"{exp['id'][:8]} succeeded step 30/30" in done.stderr  # the progress lines

@@ -1,0 +1,85 @@
+"""Test helpers: the app served by uvicorn on a free loopback port, and a worker thread that
+runs whatever is queued (worker.runner, no Celery), for tests that talk real HTTP."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Serves api.main:app with `env` added; yields the base URL once /healthz answers."""
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
+            + ["--port", str(port), "--no-access-log"],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, log_path.read_text()
+                assert time.time() < deadline, "uvicorn did not start"
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def worker_thread(sessions) -> Iterator[list[str]]:  # noqa: ANN001
+    """Runs every queued experiment, one at a time, until the block ends; yields the ids run."""
+    from api.tables import Experiment
+    from worker.runner import run_experiment
+
+    stop = threading.Event()
+    ran: list[str] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            with sessions() as s:
+                queued = s.scalars(
+                    select(Experiment.id)
+                    .where(Experiment.status == "queued")
+                    .order_by(Experiment.created_at)
+                ).all()
+            for exp_id in queued:
+                run_experiment(exp_id)
+                ran.append(exp_id)
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=loop, daemon=True, name="test-worker")
+    thread.start()
+    try:
+        yield ran
+    finally:
+        stop.set()
+        thread.join(60)
