@@ -328,9 +328,10 @@ def load_prefixed(session: Session, row: Experiment, prefix: str) -> dict[str, l
 def read_metrics(
     owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
 ) -> FastJSON:
-    """Training loss (and accuracy) per step; validation loss (and accuracy) where measured."""
+    """Training loss (and accuracy) per step; validation loss (and accuracy) where measured;
+    the learning rate at the instrumented steps."""
     row = get_experiment(session, experiment_id, owner)
-    series = load_series(session, row, ["loss", "accuracy", "val_loss", "val_accuracy"])
+    series = load_series(session, row, ["loss", "accuracy", "val_loss", "val_accuracy", "lr"])
     steps, loss = concat(series["loss"])
     idx = thin.indices(steps)
     out: dict[str, Any] = {"steps": [steps[i] for i in idx], "loss": [loss[i] for i in idx]}
@@ -341,6 +342,8 @@ def read_metrics(
     out["validation"] = {"steps": vsteps, "loss": vloss}
     if series["val_accuracy"]:
         out["validation"]["accuracy"] = thin.apply(*concat(series["val_accuracy"]))[1]
+    lr_steps, lr = thin.apply(*concat(series["lr"]))
+    out["lr"] = {"steps": lr_steps, "values": lr}
     return FastJSON(out)
 
 

@@ -19,6 +19,8 @@ def test_metrics_has_one_loss_per_step(client, finished: str) -> None:
     body = client.get(f"/v1/experiments/{finished}/metrics").json()
     assert body["steps"] == list(range(30)) and len(body["loss"]) == 30
     assert body["validation"]["steps"] == [9, 19, 29]
+    assert body["lr"]["steps"] == [0, 5, 10, 15, 20, 25, 29]
+    assert body["lr"]["values"] == [pytest.approx(1e-3)] * 7  # the constant default schedule
     exp = client.get(f"/v1/experiments/{finished}").json()
     assert exp["summary"]["final_val_loss"] == pytest.approx(body["validation"]["loss"][-1])
     assert exp["progress"] == {"step": 30, "total_steps": 30}
