@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import problems
+from api import observability, problems
 from api.routes import experiments, health, plots, reports, sweeps
 from api.schemas import ExperimentCreate
 
@@ -53,6 +53,9 @@ def create_app() -> FastAPI:
         "explode or flow through time.",
     )
     problems.install(app)
+    observability.configure_logging()
+    app.add_middleware(observability.ObservabilityMiddleware)
+    app.include_router(observability.router)
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(sweeps.router)

@@ -5,7 +5,8 @@ over. Every function returns a finished figure; `render` turns it into bytes. A 
 data yet is still a valid image, with a line of text that says why it is empty.
 
 matplotlib is not thread-safe as a whole (font cache, mathtext), and the routes run on a
-threadpool, so drawing and saving happen under one lock."""
+threadpool, so drawing and saving happen under one lock. matplotlib (and numpy with it) is
+imported on the first plot, not with the app: `import api.main` stays free of numpy."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import io
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: a server never opens a window
-
-import numpy as np  # noqa: E402 (matplotlib's own dependency)
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
 
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
 NAMES = ("temporal", "loss", "gradients", "spectrum")
@@ -28,6 +27,16 @@ OVERLAY_QUANTITIES = ("loss", "val_loss", "grad_norm")
 # The heatmap is drawn on at most this many training steps x time steps (evenly thinned).
 MAX_ROWS, MAX_COLS = 400, 1000
 _LOCK = threading.Lock()
+
+
+@cache
+def _np():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a server never opens a window
+    import numpy
+
+    return numpy
 
 
 def render(fig: Figure, fmt: str) -> bytes:
@@ -45,6 +54,9 @@ def _metadata(fmt: str) -> dict[str, Any]:
 
 
 def _figure(width: float, height: float) -> Figure:
+    _np()
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -58,16 +70,19 @@ def empty_figure(title: str, message: str) -> Figure:
 
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:
+    np = _np()
     return np.array([math.nan if v is None else v for v in values], dtype=float)
 
 
 def _positive(values: Sequence[float | None]) -> bool:
+    np = _np()
     a = _finite(values)
     a = a[np.isfinite(a)]
     return a.size > 0 and bool((a > 0).all())
 
 
 def _thin_index(n: int, most: int) -> np.ndarray:
+    np = _np()
     if n <= most:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, most).round().astype(int))
@@ -79,6 +94,9 @@ def temporal_figure(layers: list[dict[str, Any]], title: str) -> Figure:
     left blank (grey)."""
     if not layers or not any(layer["values"] for layer in layers):
         return empty_figure(title, "no temporal profiles (yet)")
+    np = _np()
+    import matplotlib
+
     n = len(layers)
     fig = _figure(12, 3.6 * n + 0.6)
     fig.suptitle(title)

@@ -7,11 +7,10 @@ breaks; an unknown plot name or format is a 404 problem."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from matplotlib.figure import Figure
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,6 +22,9 @@ from api.routes.experiments import _rows, get_experiment, load_prefixed, load_se
 from api.routes.sweeps import get_sweep
 from api.tables import Experiment
 from api.traces import concat
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 router = APIRouter(prefix="/v1", tags=["plots"])
 SessionDep = Annotated[Session, Depends(get_session)]
