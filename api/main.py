@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import observability, problems
-from api.routes import experiments, health, plots, reports, sweeps
+from api.routes import experiments, export, health, plots, reports, sweeps
 from api.schemas import ExperimentCreate
 
 
@@ -61,6 +61,7 @@ def create_app() -> FastAPI:
     app.include_router(sweeps.router)
     app.include_router(plots.router)
     app.include_router(reports.router)
+    app.include_router(export.router)
     add_spec_and_security(app)
     return app
 
