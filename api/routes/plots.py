@@ -46,7 +46,9 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _title(row: Experiment, what: str) -> str:
-    return f"{row.name or row.id[:8]} ({row.status}): {what}"
+    name = row.name or (row.spec or {}).get("name") or row.id[:8]
+    verdict = (row.diagnosis or {}).get("verdict")
+    return f"{name} ({row.status}{f', {verdict}' if verdict else ''}): {what}"
 
 
 def _not_found(what: str, detail: str) -> Problem:
