@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import observability, problems
-from api.routes import experiments, export, health, plots, reports, sweeps
+from api.routes import experiments, export, health, plots, reports, stream, sweeps
 from api.schemas import ExperimentCreate
 
 
@@ -62,6 +62,7 @@ def create_app() -> FastAPI:
     app.include_router(plots.router)
     app.include_router(reports.router)
     app.include_router(export.router)
+    app.include_router(stream.router)
     add_spec_and_security(app)
     return app
 
