@@ -88,11 +88,35 @@ def _thin_index(n: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, most).round().astype(int))
 
 
+def packed_rows(chunks: Sequence[Any], most: int = MAX_ROWS) -> tuple[list[int], np.ndarray]:
+    """A vector series from its stored chunks (`steps`: little-endian int64, `values`: float64,
+    `width` a row), thinned to at most `most` evenly spaced rows (the first and last kept),
+    read in place: a long run's profiles (steps x seq_len floats) are never unpacked whole."""
+    np = _np()
+    chunks = sorted(chunks, key=lambda c: c.first_step)
+    steps = [np.frombuffer(c.steps, dtype="<i8") for c in chunks]
+    total = sum(len(s) for s in steps)
+    if total == 0:
+        return [], np.zeros((0, 0))
+    keep = _thin_index(total, most)
+    out_steps: list[int] = []
+    rows = []
+    offset = 0
+    for chunk, s in zip(chunks, steps, strict=True):
+        mine = keep[(keep >= offset) & (keep < offset + len(s))] - offset
+        if mine.size:
+            values = np.frombuffer(chunk.values, dtype="<f8").reshape(len(s), chunk.width)
+            out_steps.extend(int(x) for x in s[mine])
+            rows.append(values[mine].astype(float))
+        offset += len(s)
+    return out_steps, np.concatenate(rows)
+
+
 def temporal_figure(layers: list[dict[str, Any]], title: str) -> Figure:
     """Per layer: a heatmap of log10 ||dL/dh_t|| (x: time step t, y: training step), and the
     profile at the first, middle and last instrumented steps. Zero and non-finite values are
     left blank (grey)."""
-    if not layers or not any(layer["values"] for layer in layers):
+    if not layers or not any(len(layer["values"]) for layer in layers):
         return empty_figure(title, "no temporal profiles (yet)")
     np = _np()
     import matplotlib
@@ -103,9 +127,9 @@ def temporal_figure(layers: list[dict[str, Any]], title: str) -> Figure:
     axes = fig.subplots(n, 2, squeeze=False, width_ratios=[3, 2])
     for (heat, prof), layer in zip(axes, layers, strict=True):
         steps = np.array(layer["steps"], dtype=float)
-        values = np.array(
-            [[math.nan if v is None else v for v in row] for row in layer["values"]], dtype=float
-        )
+        values = layer["values"]
+        if not isinstance(values, np.ndarray):
+            values = np.array([[math.nan if v is None else v for v in r] for r in values], float)
         if values.size == 0:
             heat.set_axis_off()
             prof.set_axis_off()

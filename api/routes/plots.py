@@ -18,7 +18,7 @@ from api import plots
 from api.auth import Owner
 from api.db import get_session
 from api.problems import Problem
-from api.routes.experiments import _rows, get_experiment, load_prefixed, load_series
+from api.routes.experiments import get_experiment, load_prefixed, load_series
 from api.routes.sweeps import get_sweep
 from api.tables import Experiment
 from api.traces import concat
@@ -76,7 +76,7 @@ def experiment_figure(session: Session, row: Experiment, name: str) -> Figure:
     if name == "temporal":
         layers = []
         for series, chunks in load_prefixed(session, row, "temporal/").items():
-            steps, values = _rows(chunks)
+            steps, values = plots.packed_rows(chunks)
             layers.append(
                 {"layer": int(series.removeprefix("temporal/")), "steps": steps, "values": values}
             )
