@@ -114,6 +114,9 @@ def main() -> None:
             ],
             cwd=ROOT,
             env={**os.environ, **env},
+            # the JSON request log goes to a file, as it would in production
+            stdout=(tmp / "api.log").open("wb"),
+            stderr=subprocess.STDOUT,
         )
         workers: list[subprocess.Popen] = []
         try:
