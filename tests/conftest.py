@@ -190,3 +190,14 @@ def client(anonymous, api_key):  # noqa: ANN001, ANN201
 @pytest.fixture
 def sessions(settings: settings_mod.Settings):  # noqa: ANN201
     return db.get_sessionmaker()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """For tests of tiny tensors: a second torch thread only adds contention on a busy CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,7 +1,5 @@
 """Layer and batch normalisation inside the recurrence (models/norm_cells.py)."""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -22,13 +20,7 @@ CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "elu"), ("lstm", None), ("gru
 T, B, I, H = 6, 16, 3, 8  # noqa: E741
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: a second thread only adds contention on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def linear_layer(norm: str, *, zero_ih: bool = False, zero_hh: bool = False) -> NormRNNLayer:

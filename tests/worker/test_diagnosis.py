@@ -4,7 +4,6 @@ explode and to be healthy."""
 import math
 
 import pytest
-import torch
 
 from api.schemas import ExperimentCreate
 from worker import diagnosis as D
@@ -12,14 +11,7 @@ from worker.diagnosis import diagnose, profile_evidence
 from worker.instruments import default_instruments
 from worker.train import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    """Small matrices: one thread is fastest, and steady on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def geometric(gamma: float, t_len: int, end: float = 0.5) -> list[float]:

@@ -1,7 +1,6 @@
 """Each mitigation field of the spec changes what it should, through the service's train()."""
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,14 +14,7 @@ from worker.instruments import default_instruments
 from worker.instruments.base import Instrument
 from worker.train import Run, StepContext, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: a second thread only adds contention on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec(**over: Any) -> ExperimentCreate:

@@ -2,10 +2,8 @@
 loop really trains with it."""
 
 import math
-from collections.abc import Iterator
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from api.schemas import ExperimentCreate, ScheduleSpec
@@ -13,14 +11,7 @@ from worker.instruments.base import Instrument
 from worker.optim import lr_factor
 from worker.train import Run, StepContext, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: a second thread only adds contention on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sched(**kw) -> ScheduleSpec:  # noqa: ANN003
