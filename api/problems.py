@@ -64,13 +64,21 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def field_error(field: str | None, message: str, kind: str) -> dict[str, Any]:
+    """One entry of a problem's `errors`: the dotted path of the field, what is wrong, a type."""
+    return {"field": field, "message": message, "type": kind}
+
+
 def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """pydantic errors as {field, message, type}: `field` is the dotted path in the body."""
-    out = []
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        out.append({"field": ".".join(loc) or None, "message": e.get("msg"), "type": e.get("type")})
-    return out
+    return [
+        field_error(
+            ".".join(str(p) for p in e.get("loc", ()) if p != "body") or None,
+            e.get("msg"),
+            e.get("type"),
+        )
+        for e in errors
+    ]
 
 
 def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.presets import PRESETS
-from api.problems import Problem
+from api.problems import Problem, field_error, field_errors
 from api.schemas import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
 
 VARIANT = "variant"
@@ -56,7 +56,7 @@ def resolve(req: SweepCreate) -> SweepCreate:
             "Unknown preset",
             f"no preset {req.preset!r}; known: {', '.join(sorted(PRESETS))}",
             "validation",
-            errors=[{"field": "preset", "message": "unknown preset", "type": "value"}],
+            errors=[field_error("preset", "unknown preset", "value")],
         )
     if req.base or req.grid:
         raise Problem(
@@ -64,7 +64,7 @@ def resolve(req: SweepCreate) -> SweepCreate:
             "Invalid request",
             "a preset takes no base or grid",
             "validation",
-            errors=[{"field": "preset", "message": "preset with base/grid", "type": "value"}],
+            errors=[field_error("preset", "preset with base/grid", "value")],
         )
     p = PRESETS[req.preset]
     return SweepCreate(
@@ -86,9 +86,7 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
                 "Invalid grid",
                 "every `variant` is an object with a `label`",
                 "validation",
-                errors=[
-                    {"field": "grid.variant", "message": "objects with a label", "type": "value"}
-                ],
+                errors=[field_error("grid.variant", "objects with a label", "value")],
             )
     seeds = req.seeds or [0]
     paths = list(req.grid)
@@ -101,7 +99,7 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
             "sweep-too-large",
             experiments=n,
             limit=MAX_SWEEP_EXPERIMENTS,
-            errors=[{"field": "grid", "message": "too many points", "type": "limit"}],
+            errors=[field_error("grid", "too many points", "limit")],
         )
     out = []
     for combo in itertools.product(*(req.grid[p] for p in paths)):
@@ -115,16 +113,9 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
                 spec = ExperimentCreate.model_validate(raw)
             except (ValidationError, ValueError) as exc:
                 errors = (
-                    [
-                        {
-                            "field": ".".join(str(x) for x in e["loc"]) or None,
-                            "message": e["msg"],
-                            "type": e["type"],
-                        }
-                        for e in exc.errors()
-                    ]
+                    field_errors(list(exc.errors()))
                     if isinstance(exc, ValidationError)
-                    else [{"field": None, "message": str(exc), "type": "value"}]
+                    else [field_error(None, str(exc), "value")]
                 )
                 raise Problem(
                     422,
@@ -141,7 +132,7 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
                     f"the point {params} costs {estimated_cost(spec):.3g}, over {max_cost:.3g}",
                     "budget",
                     point=params,
-                    errors=[{"field": "grid", "message": "over budget", "type": "budget"}],
+                    errors=[field_error("grid", "over budget", "budget")],
                 )
             out.append((params, spec))
     return out

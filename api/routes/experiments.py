@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Owner, current_owner
 from api.db import get_read_engine, get_session
-from api.problems import Problem
+from api.problems import Problem, field_error
 from api.queue import enqueue
 from api.responses import FastJSON
 from api.schemas import (
@@ -77,7 +77,7 @@ async def read_spec(request: Request) -> ExperimentCreate:
             "Invalid request",
             "the body must be a JSON object",
             "validation",
-            errors=[{"field": None, "message": "expected an object", "type": "type"}],
+            errors=[field_error(None, "expected an object", "type")],
         )
     spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
     cost, limit = estimated_cost(spec), get_settings().max_cost
@@ -90,9 +90,7 @@ async def read_spec(request: Request) -> ExperimentCreate:
             "budget",
             estimate=cost,
             limit=limit,
-            errors=[
-                {"field": "train.steps", "message": "over the compute budget", "type": "budget"}
-            ],
+            errors=[field_error("train.steps", "over the compute budget", "budget")],
         )
     return spec
 
@@ -229,7 +227,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
             "Bad cursor",
             "the cursor is not one this API issued",
             "cursor",
-            errors=[{"field": "cursor", "message": "invalid", "type": "value"}],
+            errors=[field_error("cursor", "invalid", "value")],
         ) from exc
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from api import plots
 from api.auth import Owner
 from api.db import get_session
-from api.problems import Problem
+from api.problems import Problem, field_error
 from api.routes.experiments import get_experiment, load_prefixed, load_series
 from api.routes.sweeps import get_sweep
 from api.tables import Experiment
@@ -186,7 +186,7 @@ def overlay_plot(
             "Invalid request",
             f"quantity must be one of {', '.join(SERIES_OF)}",
             "validation",
-            errors=[{"field": "query.quantity", "message": "unknown quantity", "type": "enum"}],
+            errors=[field_error("query.quantity", "unknown quantity", "enum")],
         )
     if sweep:
         sweep_row, rows = sweep_rows(session, sweep, owner)
@@ -199,7 +199,7 @@ def overlay_plot(
             "Invalid request",
             f"give `sweep`, or `ids` with 1 to {MAX_OVERLAY} experiment ids",
             "validation",
-            errors=[{"field": "query.ids", "message": "1 to 50 ids", "type": "value"}],
+            errors=[field_error("query.ids", "1 to 50 ids", "value")],
         )
     rows = [get_experiment(session, i, owner) for i in dict.fromkeys(wanted)]
     return image(overlay(session, rows, quantity, quantity, by_point=False), fmt)
