@@ -482,7 +482,8 @@ def read_events(
 
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentRead)
 def cancel_experiment(owner: Owner, experiment_id: str, session: SessionDep) -> FastJSON:
-    """A queued experiment is cancelled at once; a running one stops at its next heartbeat."""
+    """A queued experiment is cancelled at once; a running one stops within CANCEL_POLL_S
+    and a step."""
     row = get_experiment(session, experiment_id, owner)
     now = utcnow()
     res = session.execute(

@@ -141,7 +141,7 @@ def read_sweep(owner: Owner, sweep_id: str, session: SessionDep) -> FastJSON:
 
 @router.post("/{sweep_id}/cancel", status_code=202)
 def cancel_sweep(owner: Owner, sweep_id: str, session: SessionDep) -> FastJSON:
-    """Cancels what has not finished: queued at once, running at its next heartbeat."""
+    """Cancels what has not finished: queued at once, running within CANCEL_POLL_S and a step."""
     sweep = get_sweep(session, sweep_id, owner)
     session.execute(
         update(Experiment)
