@@ -12,10 +12,12 @@ restart."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -32,6 +34,41 @@ class ApiError(Exception):
         title = problem.get("title") or "error"
         detail = problem.get("detail") or ""
         super().__init__(f"{status} {title}: {detail}".rstrip(": "))
+
+
+class UnsafeArchive(ValueError):
+    """An archive member that would land outside the target folder, or is not a plain file."""
+
+
+def extract_archive(archive: bytes, dest: Path) -> list[Path]:
+    """Extracts a .tar.gz into `dest` (made if missing) and returns the files written. Only
+    regular files and folders, at relative paths without `..`, that stay inside `dest` once
+    resolved (a symlink already in `dest` cannot lead out): anything else raises UnsafeArchive
+    before a byte is written. Checked here rather than by tarfile's extraction filters, which
+    Python 3.11 has only from 3.11.4."""
+    root = dest.resolve()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        members = tar.getmembers()
+        targets = []
+        for m in members:
+            path = PurePosixPath(m.name)
+            if not (m.isfile() or m.isdir()) or path.is_absolute() or ".." in path.parts:
+                raise UnsafeArchive(f"refusing archive member {m.name!r}")
+            target = (root / path).resolve()
+            if not target.is_relative_to(root):
+                raise UnsafeArchive(f"archive member {m.name!r} would land outside {dest}")
+            targets.append(target)
+        written = []
+        for m, target in zip(members, targets, strict=True):
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(m)
+            assert source is not None  # a regular file always has a body
+            target.write_bytes(source.read())
+            written.append(target)
+    return written
 
 
 def default_url() -> str:
@@ -145,6 +182,23 @@ class Client:
             "instruments": self._json("GET", f"{base}/instruments", params=params),
             "events": self._json("GET", f"{base}/events")["items"],
         }
+
+    def export_csv(self, experiment_id: str, prefix: str | None = None) -> str:
+        """Every scalar series as `step,name,value` rows; `prefix` picks series by name."""
+        params = {"prefix": prefix} if prefix else {}
+        return self.request(
+            "GET", f"/v1/experiments/{experiment_id}/export.csv", params=params
+        ).text
+
+    def export_tensorboard(
+        self, experiment_id: str, logdir: str | Path, prefix: str | None = None
+    ) -> list[Path]:
+        """Downloads the experiment's TensorBoard run and extracts it into `logdir` (one folder
+        per run, so several experiments can share a logdir); returns the files written. Look
+        with `tensorboard --logdir LOGDIR`."""
+        params = {"prefix": prefix} if prefix else {}
+        path = f"/v1/experiments/{experiment_id}/export/tensorboard"
+        return extract_archive(self.request("GET", path, params=params).content, Path(logdir))
 
     def plot(self, experiment_id: str, name: str, fmt: str = "png") -> bytes:
         return self.request("GET", f"/v1/experiments/{experiment_id}/plots/{name}.{fmt}").content

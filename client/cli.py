@@ -3,6 +3,8 @@
     gradlab submit spec.json --wait      # 202, then poll to the end; prints the experiment
     gradlab show ID
     gradlab traces ID --out traces.json  # metrics, gradients, instruments, events
+    gradlab export ID --tensorboard logs # then: tensorboard --logdir logs
+    gradlab export ID --csv traces.csv   # every scalar series as step,name,value
     gradlab sweep sweep.json --wait
     gradlab report ID --out report.html  # self-contained HTML (add --sweep for a sweep)
     gradlab plot ID temporal --out temporal.png
@@ -18,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from client import ApiError, Client, default_url
+from client import ApiError, Client, UnsafeArchive, default_url
 
 
 def _load(path: str) -> Any:
@@ -95,6 +98,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="file to write (default: stdout)")
     s.add_argument("--max-points", type=int, help="thin each series to at most this many")
 
+    s = sub.add_parser("export", help="an experiment's scalar series for TensorBoard or as CSV")
+    s.add_argument("id")
+    to = s.add_mutually_exclusive_group(required=True)
+    to.add_argument("--tensorboard", metavar="LOGDIR", help="extract its run into this folder")
+    to.add_argument("--csv", metavar="FILE", help="write step,name,value rows (- for stdout)")
+    s.add_argument("--prefix", help="only series whose stored name starts so (e.g. grad/)")
+
     s = sub.add_parser("sweep", help="submit a sweep (JSON file, - for stdin)")
     s.add_argument("spec")
     s.add_argument("--wait", action="store_true", help="poll until every run has ended")
@@ -127,6 +137,13 @@ def run(args: argparse.Namespace, gl: Client) -> int:
         _dump(gl.experiment(args.id), None)
     elif cmd == "traces":
         _dump(gl.traces(args.id, args.max_points), args.out)
+    elif cmd == "export" and args.tensorboard:
+        for path in gl.export_tensorboard(args.id, args.tensorboard, args.prefix):
+            print(f"wrote {path}", file=sys.stderr)
+        print(f"look with: tensorboard --logdir {args.tensorboard}", file=sys.stderr)
+    elif cmd == "export":
+        text = gl.export_csv(args.id, args.prefix)
+        sys.stdout.write(text) if args.csv == "-" else _write(text, args.csv)
     elif cmd == "sweep":
         sweep = gl.submit_sweep(_load(args.spec))
         if args.wait:
@@ -156,7 +173,14 @@ def main(argv: Sequence[str] | None = None, http: httpx.Client | None = None) ->
         for err in exc.problem.get("errors") or []:
             print(f"  {err.get('field')}: {err.get('message')}", file=sys.stderr)
         return 1
-    except (httpx.HTTPError, TimeoutError, OSError, json.JSONDecodeError) as exc:
+    except (
+        httpx.HTTPError,
+        TimeoutError,
+        OSError,
+        json.JSONDecodeError,
+        tarfile.TarError,
+        UnsafeArchive,
+    ) as exc:
         print(f"gradlab: {exc}", file=sys.stderr)
         return 1
 

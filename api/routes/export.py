@@ -1,12 +1,20 @@
-"""GET /v1/experiments/{id}/export.csv: the scalar series of an experiment as CSV rows
-`step,name,value`, series by series (by name), each in step order; streamed, so a long run
-never sits whole in memory. Non-finite values are written `nan`, `inf`, `-inf`. The vector
-series (temporal profiles) are not in it: they are in /gradients."""
+"""An experiment's scalar series for other tools, read series by series (by name), each in
+step order, in a session of their own and a chunk at a time, so a long run never sits whole in
+memory. The vector series (temporal profiles) are in neither: they are in /gradients.
+
+- GET /v1/experiments/{id}/export.csv: rows `step,name,value`, streamed. Non-finite values are
+  written `nan`, `inf`, `-inf`.
+- GET /v1/experiments/{id}/export/tensorboard: a .tar.gz of one TensorBoard run directory
+  holding one event file of scalars (see `api.tfevents`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import gzip
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from tempfile import SpooledTemporaryFile
+from typing import IO, Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -16,25 +24,49 @@ from sqlalchemy.orm import Session
 from api.auth import Owner
 from api.db import get_session, get_sessionmaker
 from api.routes.experiments import get_experiment
-from api.tables import SeriesChunk
+from api.tables import Experiment, SeriesChunk
+from api.tfevents import ScalarWriter
 from api.traces import unpack
+from api.views import as_utc
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 SessionDep = Annotated[Session, Depends(get_session)]
+PrefixQuery = Annotated[
+    str | None, Query(max_length=200, description="only series whose name starts so")
+]
 CSV_RESPONSES = {
     200: {"description": "step,name,value rows", "content": {"text/csv": {}}},
     404: {},
 }
+TENSORBOARD_RESPONSES = {
+    200: {
+        "description": "a .tar.gz of one TensorBoard run directory (`tensorboard --logdir`)",
+        "content": {"application/gzip": {}},
+    },
+    404: {},
+}
+# Stored series names -> TensorBoard tags. TensorBoard groups its charts by the part before
+# the first '/', so train and validation loss share a group, and so do the global norms.
+TAGS = {
+    "loss": "loss/train",
+    "val_loss": "loss/validation",
+    "accuracy": "accuracy/train",
+    "val_accuracy": "accuracy/validation",
+    "lr": "optimizer/lr",
+    "grad_norm_total": "grad_norm_global/before_clip",
+    "clip/after": "grad_norm_global/after_clip",
+}
+TAG_PREFIXES = {"grad/": "grad_norm/"}
+SPOOL_BYTES = 16 * 1024 * 1024  # past this the archive being built goes to a temporary file
+READ_BYTES = 64 * 1024
 
 
-def _number(v: float) -> str:
-    return repr(v) if v == v and v not in (float("inf"), float("-inf")) else str(v)
-
-
-def csv_rows(experiment_id: str, attempt: int, prefix: str | None) -> Iterator[bytes]:
-    """The CSV, a chunk of rows at a time, read in its own session (the request's is closed by
-    the time the body streams)."""
-    yield b"step,name,value\n"
+def scalar_series(
+    experiment_id: str, attempt: int, prefix: str | None
+) -> Iterator[tuple[str, list[int], list[float]]]:
+    """Every scalar (width 1) series of an attempt as (name, steps, values), one stored chunk
+    at a time: by name, then in step order. Read in its own session, since a streamed body
+    outlives the request's."""
     q = select(SeriesChunk).where(
         SeriesChunk.experiment_id == experiment_id,
         SeriesChunk.attempt == attempt,
@@ -46,22 +78,28 @@ def csv_rows(experiment_id: str, attempt: int, prefix: str | None) -> Iterator[b
     with get_sessionmaker()() as session:
         for chunk in session.scalars(q.execution_options(yield_per=200)):
             steps, values = unpack(chunk)
-            name = chunk.name if "," not in chunk.name else f'"{chunk.name}"'
-            yield "".join(
-                f"{s},{name},{_number(v[0])}\n" for s, v in zip(steps, values, strict=True)
-            ).encode()
+            yield chunk.name, steps, [v[0] for v in values]
+
+
+def _number(v: float) -> str:
+    return repr(v) if v == v and v not in (float("inf"), float("-inf")) else str(v)
+
+
+def csv_rows(experiment_id: str, attempt: int, prefix: str | None) -> Iterator[bytes]:
+    """The CSV, a chunk of rows at a time."""
+    yield b"step,name,value\n"
+    for name, steps, values in scalar_series(experiment_id, attempt, prefix):
+        quoted = name if "," not in name else f'"{name}"'
+        yield "".join(
+            f"{s},{quoted},{_number(v)}\n" for s, v in zip(steps, values, strict=True)
+        ).encode()
 
 
 @router.get(
     "/{experiment_id}/export.csv", response_class=StreamingResponse, responses=CSV_RESPONSES
 )
 def export_csv(
-    owner: Owner,
-    experiment_id: str,
-    session: SessionDep,
-    prefix: Annotated[
-        str | None, Query(max_length=200, description="only series whose name starts so")
-    ] = None,
+    owner: Owner, experiment_id: str, session: SessionDep, prefix: PrefixQuery = None
 ) -> StreamingResponse:
     """Every scalar series (loss, val_loss, lr, grad_norm_total, grad/<param>, clip/...,
     spectrum/..., saturation/..., update_ratio/..., weight_norm/...) as `step,name,value`."""
@@ -70,4 +108,101 @@ def export_csv(
         csv_rows(row.id, row.attempt, prefix),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{row.id}.csv"'},
+    )
+
+
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of a stored series: `loss` -> `loss/train`, `grad/rnn.0.weight_hh_l0`
+    -> `grad_norm/rnn.0.weight_hh_l0`; names already grouped (`spectrum/0/hh/sigma_max`,
+    `clip/fired`, ...) stay as they are."""
+    if name in TAGS:
+        return TAGS[name]
+    for old, new in TAG_PREFIXES.items():
+        if name.startswith(old):
+            return new + name.removeprefix(old)
+    return name
+
+
+def run_name(row: Experiment) -> str:
+    """The run directory: the experiment's name made safe for a path, with the id's first 8
+    characters so that two runs of one name extracted into one log directory stay two runs;
+    the id alone for an unnamed experiment."""
+    name = re.sub(r"[^A-Za-z0-9._=+-]+", "_", row.name or "").strip("._")[:80]
+    return f"{name}_{row.id[:8]}" if name else row.id
+
+
+def step_clock(row: Experiment) -> tuple[float, Callable[[int], float]]:
+    """The run's start (unix seconds) and a step -> wall time estimate. The traces store steps,
+    not clock times, so step s is put (s + 1) / steps-done of the way from the start to the
+    end (the last heartbeat while it runs): TensorBoard's relative and wall-time axes then show
+    the run's real duration, spread evenly over its steps."""
+    start = as_utc(row.started_at or row.created_at)
+    end = as_utc(row.finished_at or row.heartbeat_at) or start
+    t0 = start.timestamp()
+    done = max(row.progress_step, 1)
+    per_step = max(end.timestamp() - t0, 0.0) / done
+    return t0, lambda step: t0 + min(step + 1, done) * per_step
+
+
+def tensorboard_archive(row: Experiment, prefix: str | None) -> tuple[IO[bytes], int]:
+    """The .tar.gz (spooled to disk past SPOOL_BYTES) and its size; the caller closes it."""
+    t0, wall_time = step_clock(row)
+    out = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (outlives this function)
+    try:
+        with SpooledTemporaryFile(max_size=SPOOL_BYTES) as events:
+            writer = ScalarWriter(events, t0)
+            for name, steps, values in scalar_series(row.id, row.attempt, prefix):
+                writer.series(tensorboard_tag(name), steps, values, map(wall_time, steps))
+            info = tarfile.TarInfo(f"{run_name(row)}/events.out.tfevents.{int(t0)}.gradlab")
+            info.size, info.mtime, info.mode = events.tell(), int(t0), 0o644
+            events.seek(0)
+            # gzip's header carries a time: the run's start, so an export is always the same
+            # bytes. Level 6, not gzip's default 9: on a 5.9 MB event file 0.13 s instead of
+            # 1.0 s, for 2 % more bytes.
+            with (
+                gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=int(t0)) as gz,
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                tar.addfile(info, events)
+    except BaseException:
+        out.close()
+        raise
+    size = out.tell()
+    out.seek(0)
+    return out, size
+
+
+def _read_out(f: IO[bytes]) -> Iterator[bytes]:
+    try:
+        while block := f.read(READ_BYTES):
+            yield block
+    finally:  # also when the client goes away mid-download
+        f.close()
+
+
+@router.get(
+    "/{experiment_id}/export/tensorboard",
+    response_class=StreamingResponse,
+    responses=TENSORBOARD_RESPONSES,
+)
+def export_tensorboard(
+    owner: Owner, experiment_id: str, session: SessionDep, prefix: PrefixQuery = None
+) -> StreamingResponse:
+    """The scalar series of export.csv as a TensorBoard run: a .tar.gz of one directory
+    `<name>_<id8>/` (or `<id>/`) with one `events.out.tfevents.<start>.gradlab`, for
+    `tar xzf` then `tensorboard --logdir`. Tags group by their first part: `loss/train`,
+    `loss/validation`, `accuracy/...`, `optimizer/lr`, `grad_norm/<param>` (before clipping),
+    `grad_norm_global/before_clip` and `after_clip`, `clip/fired`, `spectrum/...`,
+    `saturation/...`, `update_ratio/...`, `weight_norm/...`. Values are float32 (TensorBoard's
+    scalars); wall times are spread evenly over the run's duration by step. `prefix` picks
+    stored series names as in export.csv (`grad/` gives the `grad_norm/` tags)."""
+    row = get_experiment(session, experiment_id, owner)
+    archive, size = tensorboard_archive(row, prefix)
+    return StreamingResponse(
+        _read_out(archive),
+        media_type="application/gzip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{row.id}.tensorboard.tar.gz"',
+            "Content-Length": str(size),
+        },
     )

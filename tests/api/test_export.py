@@ -1,10 +1,17 @@
-"""GET /v1/experiments/{id}/export.csv after a real run."""
+"""GET /v1/experiments/{id}/export.csv and /export/tensorboard after a real run; the
+TensorBoard archive is read back with TensorBoard's own reader."""
 
 import csv
 import io
+import re
+import tarfile
+from array import array
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
+from api.routes.export import run_name, tensorboard_tag
 from tests.api.test_experiments import assert_problem
 from tests.api.test_plots import run
 from tests.worker.test_runner import SMALL, add_experiment
@@ -55,3 +62,129 @@ def test_nonfinite_values_are_written_as_words() -> None:
         "inf",
         "-inf",
     ]
+
+
+# -- TensorBoard --
+
+
+def float32(values: list[float]) -> list[float]:
+    """What TensorBoard's scalars hold: the value rounded to float32."""
+    return list(array("f", values))
+
+
+def tensorboard_run(resp, tmp_path: Path) -> Path:  # noqa: ANN001
+    """The answer's archive, extracted: the one run directory it holds."""
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/gzip"
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path, filter="data")
+    assert len(names) == 1 and re.fullmatch(r"[^/]+/events\.out\.tfevents\.\d+\.gradlab", names[0])
+    return tmp_path / names[0].split("/")[0]
+
+
+def scalars(run_dir: Path) -> dict[str, list]:
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        EventAccumulator,
+    )
+
+    acc = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0: keep every point
+    acc.Reload()
+    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+def test_export_tensorboard_holds_what_the_json_routes_serve(
+    client, sessions, api_key, tmp_path: Path
+) -> None:
+    exp_id = run(sessions)
+    resp = client.get(f"/v1/experiments/{exp_id}/export/tensorboard")
+    assert f'filename="{exp_id}.tensorboard.tar.gz"' in resp.headers["content-disposition"]
+    run_dir = tensorboard_run(resp, tmp_path)
+    assert run_dir.name == exp_id  # unnamed: the id
+    tb = scalars(run_dir)
+
+    # every scalar series of the CSV, under its tag, with as many points
+    table = rows(client.get(f"/v1/experiments/{exp_id}/export.csv"))
+    counts: dict[str, int] = {}
+    for r in table:
+        counts[tensorboard_tag(r["name"])] = counts.get(tensorboard_tag(r["name"]), 0) + 1
+    assert {tag: len(points) for tag, points in tb.items()} == counts
+    assert {"loss/train", "loss/validation", "optimizer/lr", "clip/fired"} <= tb.keys()
+    assert "spectrum/0/hh/sigma_max" in tb and not any(t.startswith("temporal") for t in tb)
+
+    def steps_values(tag: str) -> tuple[list[int], list[float]]:
+        return [e.step for e in tb[tag]], [e.value for e in tb[tag]]
+
+    metrics = client.get(f"/v1/experiments/{exp_id}/metrics").json()
+    assert steps_values("loss/train") == (metrics["steps"], float32(metrics["loss"]))
+    val = metrics["validation"]
+    assert steps_values("loss/validation") == (val["steps"], float32(val["loss"]))
+    assert steps_values("optimizer/lr") == (
+        metrics["lr"]["steps"],
+        float32(metrics["lr"]["values"]),
+    )
+
+    grads = client.get(f"/v1/experiments/{exp_id}/gradients").json()
+    assert grads["parameters"] and {f"grad_norm/{p}" for p in grads["parameters"]} == {
+        t for t in tb if t.startswith("grad_norm/")
+    }
+    for param, values in grads["parameters"].items():
+        assert steps_values(f"grad_norm/{param}") == (grads["steps"], float32(values))
+    before, after = grads["global_norm"]["before_clip"], grads["global_norm"]["after_clip"]
+    assert steps_values("grad_norm_global/before_clip") == (grads["steps"], float32(before))
+    assert steps_values("grad_norm_global/after_clip") == (
+        [s for s, v in zip(grads["steps"], after, strict=True) if v is not None],
+        float32([v for v in after if v is not None]),
+    )
+
+    # wall times: within the run, in step order, the last step at the end
+    exp = client.get(f"/v1/experiments/{exp_id}").json()
+    start, end = (datetime.fromisoformat(exp[k]).timestamp() for k in ("started_at", "finished_at"))
+    walls = [e.wall_time for e in tb["loss/train"]]
+    assert walls == sorted(walls) and walls[-1] == pytest.approx(end, abs=1e-3)
+    assert start < walls[0] < walls[-1]
+    assert all(start <= e.wall_time <= end + 1e-3 for points in tb.values() for e in points)
+
+    only = client.get(f"/v1/experiments/{exp_id}/export/tensorboard", params={"prefix": "grad/"})
+    picked = scalars(tensorboard_run(only, tmp_path / "only"))
+    assert picked.keys() == {t for t in tb if t.startswith("grad_norm/")}
+
+    other = {"Authorization": f"Bearer {api_key('intruder')}"}
+    path = f"/v1/experiments/{exp_id}/export/tensorboard"
+    assert_problem(client.get(path, headers=other), 404)
+    assert_problem(client.get("/v1/experiments/missing/export/tensorboard"), 404)
+
+
+def test_export_tensorboard_of_a_queued_experiment_is_an_empty_run(
+    client, sessions, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    exp_id = add_experiment(sessions, SMALL)
+    run_dir = tensorboard_run(client.get(f"/v1/experiments/{exp_id}/export/tensorboard"), tmp_path)
+    assert scalars(run_dir) == {}
+    (events_file,) = run_dir.iterdir()
+    (only,) = EventFileLoader(str(events_file)).Load()
+    assert only.file_version == "brain.Event:2"
+
+
+def test_tensorboard_tags_and_run_names() -> None:
+    from api.tables import Experiment
+
+    assert [
+        tensorboard_tag(n)
+        for n in ("loss", "val_accuracy", "grad/rnn.0.weight_hh_l0", "clip/after", "clip/fired")
+    ] == [
+        "loss/train",
+        "accuracy/validation",
+        "grad_norm/rnn.0.weight_hh_l0",
+        "grad_norm_global/after_clip",
+        "clip/fired",
+    ]
+    exp_id = "0b6f6c4e-0000-4000-8000-000000000000"
+    assert run_name(Experiment(id=exp_id, name=None)) == exp_id
+    assert run_name(Experiment(id=exp_id, name="../../etc")) == "etc_0b6f6c4e"
+    named = Experiment(id=exp_id, name="tanh rnn, adding / T=200")
+    assert run_name(named) == "tanh_rnn_adding_T=200_0b6f6c4e"
+    assert run_name(Experiment(id=exp_id, name="..")) == exp_id

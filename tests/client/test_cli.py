@@ -2,15 +2,18 @@
 backends (the CLI sends through the test's httpx client), and as a real process over loopback
 HTTP to uvicorn."""
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import httpx
 import pytest
 
-from client import ApiError, Client
+from client import ApiError, Client, UnsafeArchive, extract_archive
 from client.cli import main
 from tests.serving import ROOT, uvicorn, worker_thread
 from tests.worker.test_runner import SMALL
@@ -129,3 +132,82 @@ def test_cli_process_over_loopback(backend, sessions, api_key, tmp_path: Path) -
     exp = json.loads(done.stdout)
     assert exp["status"] == "succeeded"
     assert f"{exp['id'][:8]} succeeded step 30/30" in done.stderr  # the progress lines
+
+
+def test_export_tensorboard_and_csv(client, sessions, capsys, tmp_path: Path) -> None:
+    from tests.api.test_export import scalars
+    from tests.api.test_plots import run
+
+    exp_id = run(sessions)
+    logs = tmp_path / "logs"
+    code, _, err = cli(client, capsys, "export", exp_id, "--tensorboard", str(logs))
+    assert code == 0, err
+    (events,) = (logs / exp_id).iterdir()
+    assert f"wrote {events}" in err and f"tensorboard --logdir {logs}" in err
+    tb = scalars(logs / exp_id)
+    metrics = client.get(f"/v1/experiments/{exp_id}/metrics").json()
+    assert [e.step for e in tb["loss/train"]] == metrics["steps"]
+    assert [e.value for e in tb["loss/train"]] == pytest.approx(metrics["loss"], rel=1e-6)
+    first = events.read_bytes()
+    # again into the same logdir: the same run, the same bytes, not a second run beside it
+    assert cli(client, capsys, "export", exp_id, "--tensorboard", str(logs))[0] == 0
+    assert [p.read_bytes() for p in (logs / exp_id).iterdir()] == [first]
+    assert [p.name for p in logs.iterdir()] == [exp_id]
+
+    out = tmp_path / "grads.csv"
+    code, _, err = cli(client, capsys, "export", exp_id, "--csv", str(out), "--prefix", "grad/")
+    lines = out.read_text().splitlines()
+    assert code == 0 and lines[0] == "step,name,value" and len(lines) > 1
+    assert all(line.split(",")[1].startswith("grad/") for line in lines[1:])
+
+    code, _, err = cli(client, capsys, "export", "missing", "--tensorboard", str(logs))
+    assert code == 1 and "404" in err
+    with pytest.raises(SystemExit):  # one of --tensorboard and --csv is required
+        main(["export", exp_id], http=client)
+
+
+def targz(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return buf.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info, b"payload"
+
+
+def test_extract_refuses_anything_that_would_leave_the_folder(tmp_path: Path) -> None:
+    dest, outside = tmp_path / "logs", tmp_path / "outside"
+    outside.mkdir()
+    (dest / "run").mkdir(parents=True)
+    (dest / "jump").symlink_to(outside)  # already there: following it would leave dest
+    for bad in (
+        member("../evil"),
+        member("run/../../evil"),
+        member(str(outside / "abs")),
+        member("run/link", tarfile.SYMTYPE, str(outside)),
+        member("run/hard", tarfile.LNKTYPE, "../../etc/passwd"),
+        member("run/fifo", tarfile.FIFOTYPE),
+        member("jump/evil"),
+    ):
+        # a good member first: nothing at all is written when one is bad
+        with pytest.raises(UnsafeArchive):
+            extract_archive(targz(member("run/ok"), bad), dest)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["jump", "logs", "outside", "run"]
+    assert extract_archive(targz(member("run/ok")), dest) == [(dest / "run" / "ok").resolve()]
+    assert (dest / "run" / "ok").read_bytes() == b"payload"
+
+
+def test_export_of_an_unsafe_archive_is_exit_1(capsys, tmp_path: Path) -> None:
+    # no server sends this: a stand-in HTTP answer carries the hostile archive to the CLI
+    evil = targz(member("../evil"))
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=evil))
+    with httpx.Client(transport=transport, base_url="http://gradlab.test") as http:
+        code = main(["export", "x", "--tensorboard", str(tmp_path / "logs")], http=http)
+    assert code == 1 and "refusing archive member '../evil'" in capsys.readouterr().err
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "logs").exists()
