@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import observability, problems
+from api import logs, observability, problems
 from api.routes import experiments, export, health, plots, reports, stream, sweeps
 from api.schemas import ExperimentCreate
 
@@ -53,7 +53,7 @@ def create_app() -> FastAPI:
         "explode or flow through time.",
     )
     problems.install(app)
-    observability.configure_logging()
+    logs.configure_logging()
     app.add_middleware(observability.ObservabilityMiddleware)
     app.include_router(observability.router)
     app.include_router(health.router)

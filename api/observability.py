@@ -13,17 +13,12 @@
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
-import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -41,11 +36,11 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.db import get_read_engine
+from api.logs import request_id
 from api.tables import Experiment
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 log = logging.getLogger("gradlab.http")
 
 disable_created_metrics()  # no *_created series: one sample per counter
@@ -181,45 +176,3 @@ class ObservabilityMiddleware:
                 },
             )
             request_id.reset(token)
-
-
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, request id, and any `extra`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        rid = request_id.get()
-        if rid:
-            out["request_id"] = rid
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def configure_logging() -> None:
-    """The `gradlab` loggers write JSON lines (or text, LOG_FORMAT=text) to stderr at INFO;
-    idempotent."""
-    logger = logging.getLogger("gradlab")
-    if any(getattr(h, "_gradlab", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler._gradlab = True  # type: ignore[attr-defined]
-    if os.environ.get("LOG_FORMAT", "json").lower() == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    else:
-        handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
-    logger.propagate = False  # one line per record, whatever the root logger has
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)

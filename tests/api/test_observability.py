@@ -83,7 +83,7 @@ def test_a_scrape_answers_while_the_database_is_down(client, monkeypatch) -> Non
 
 @pytest.fixture
 def log_lines():  # noqa: ANN201
-    from api.observability import JsonFormatter
+    from api.logs import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -116,15 +116,17 @@ def test_query_strings_stay_out_of_the_log(client, log_lines) -> None:
     assert "glk_secret" not in json.dumps(log_lines())
 
 
-def test_json_formatter_keeps_extras_and_the_request_id() -> None:
-    from api.observability import JsonFormatter, request_id
-
-    fields = {"name": "gradlab.api", "levelname": "WARNING", "msg": "slow %s"}
-    record = logging.makeLogRecord({**fields, "args": ("thing",), "experiment_id": "e1"})
-    token = request_id.set("rid-1")
-    try:
-        line = json.loads(JsonFormatter().format(record))
-    finally:
-        request_id.reset(token)
-    assert line["msg"] == "slow thing" and line["level"] == "warning"
-    assert line["experiment_id"] == "e1" and line["request_id"] == "rid-1"
+def test_the_request_id_is_stored_on_the_experiments_it_submits(client, sessions) -> None:
+    one = client.post("/v1/experiments", json=SMALL, headers={"X-Request-ID": "submit-1"})
+    sweep = client.post(
+        "/v1/sweeps",
+        json={"base": SMALL, "grid": {"seed": [1, 2]}},
+        headers={"X-Request-ID": "sweep-7"},
+    )
+    assert one.status_code == 202 and sweep.status_code == 202, sweep.text
+    untold = client.post("/v1/experiments", json=SMALL)
+    with sessions() as s:
+        assert s.get(Experiment, one.json()["id"]).request_id == "submit-1"
+        assert s.get(Experiment, untold.json()["id"]).request_id == untold.headers["x-request-id"]
+        in_sweep = s.query(Experiment).filter_by(sweep_id=sweep.json()["id"]).all()
+        assert len(in_sweep) == 2 and {r.request_id for r in in_sweep} == {"sweep-7"}
