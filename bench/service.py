@@ -56,6 +56,7 @@ def use_environment(env: dict[str, str]) -> None:
     for cached in (
         settings.get_settings,
         queue.get_celery,
+        queue.get_bell,
         db.get_read_engine,
         db.get_sessionmaker,
         db.get_engine,
