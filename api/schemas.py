@@ -3,8 +3,11 @@
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from api.webhooks import parse as parse_webhook_url
 
 # Documented maxima (README, "The spec"). They keep one request from occupying a worker for days.
 MAX_SEQ_LEN = 5000
@@ -180,6 +183,47 @@ class InstrumentSpec(Strict):
     )
 
 
+NotifyEvent = Literal["finished", "nan", "exploding", "vanishing"]
+MAX_URL_LEN = 2000
+
+
+class NotifySpec(Strict):
+    """Webhooks: POST a signed JSON body to `url` on each of `events`. `finished`: any terminal
+    status, with the summary and diagnosis; `nan`: the first non-finite loss or gradient of an
+    attempt, with its step and origin; `exploding`: the first finite step whose global gradient
+    norm passes the diagnosis threshold (1e4), with the norm; `vanishing`: the first
+    instrumented step whose temporal profile ratio p[0] / p[T-1] (layer 0) is below the
+    diagnosis threshold (1e-3), with the ratio (needs the `temporal` instrument)."""
+
+    url: str = Field(max_length=MAX_URL_LEN, description="http or https")
+    events: list[NotifyEvent] = Field(default_factory=lambda: ["finished"], min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # The address check (no loopback or private hosts) needs DNS and a setting, so it is
+        # made at submit time (api/webhooks.py), not here where every re-read would repeat it.
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise ValueError("the URL contains whitespace or control characters")
+        # httpx's parser is the judge (api.webhooks.parse): a URL accepted here can be sent.
+        parsed, reason = parse_webhook_url(url)
+        if parsed is None:
+            raise ValueError(reason)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises on a port that is not a number in range)
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from exc
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials in the URL are not allowed; verify the signature")
+        return url
+
+    @field_validator("events")
+    @classmethod
+    def _unique(cls, events: list[str]) -> list[str]:
+        return list(dict.fromkeys(events))
+
+
 class ExperimentCreate(Strict):
     """The experiment spec."""
 
@@ -192,6 +236,7 @@ class ExperimentCreate(Strict):
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     instrument: InstrumentSpec = InstrumentSpec()
+    notify: NotifySpec | None = None
 
     @model_validator(mode="before")
     @classmethod

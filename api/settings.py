@@ -47,6 +47,19 @@ class Settings(BaseSettings):
     soft_time_limit_s: float = Field(24 * 3600, gt=0)
     hard_time_limit_grace_s: float = Field(120, gt=0)
 
+    # Webhooks (README, "Webhooks"). The secret signs every delivery; unset, the worker makes
+    # one on first use and keeps it in data/webhook_secret (one host: the embedded default).
+    webhook_secret: str | None = Field(None, min_length=16)
+    webhook_secret_file: Path = DATA_DIR / "webhook_secret"
+    # Loopback, private, link-local and reserved addresses are refused (a service that POSTs
+    # where a client says must not be a door into its own network) unless this allows them.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(6, ge=1, le=30)
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles")
+    webhook_backoff_max_s: float = Field(300.0, gt=0)
+    webhook_poll_s: float = Field(0.5, gt=0, description="how often the dispatcher looks")
+
     worker_name: str | None = None
     # Threads torch may use in a worker; 1 per worker when several share a CPU.
     torch_threads: int | None = Field(None, ge=1)

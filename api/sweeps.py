@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from api.presets import PRESETS
 from api.problems import Problem, field_error, field_errors
 from api.schemas import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
+from api.tables import TERMINAL
 
 VARIANT = "variant"
-TERMINAL = {"succeeded", "diverged", "failed", "cancelled"}
 
 
 def deep_merge(into: dict[str, Any], patch: dict[str, Any]) -> None:

@@ -2,19 +2,11 @@
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Query
 
-from api.tables import Experiment
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if dt is None:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+from api.tables import Experiment, as_utc
 
 
 def experiment_view(row: Experiment) -> dict[str, Any]:
@@ -42,6 +34,7 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
             "events": f"{base}/events",
             "instruments": f"{base}/instruments",
             "cancel": f"{base}/cancel",
+            "webhooks": f"{base}/webhooks",
         },
     }
 

@@ -124,6 +124,7 @@ def clear_caches() -> None:
         db.get_sessionmaker,
         db.get_read_engine,
         queue.get_celery,
+        queue.get_bell,
     ):
         cached.cache_clear()
     if db.get_engine.cache_info().currsize:
@@ -190,6 +191,25 @@ def client(anonymous, api_key):  # noqa: ANN001, ANN201
 @pytest.fixture
 def sessions(settings: settings_mod.Settings):  # noqa: ANN201
     return db.get_sessionmaker()
+
+
+@pytest.fixture
+def hooks(
+    settings: settings_mod.Settings, monkeypatch: pytest.MonkeyPatch
+) -> settings_mod.Settings:
+    """Webhooks to loopback receivers allowed, a known secret, retries in milliseconds."""
+    from tests.serving import WEBHOOK_SECRET
+
+    for name, value in {
+        "webhook_allow_private": True,
+        "webhook_secret": WEBHOOK_SECRET,
+        "webhook_backoff_s": 0.01,
+        "webhook_backoff_max_s": 0.04,
+        "webhook_max_attempts": 4,
+        "webhook_timeout_s": 2.0,
+    }.items():
+        monkeypatch.setattr(settings, name, value)
+    return settings
 
 
 @pytest.fixture

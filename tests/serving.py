@@ -2,6 +2,8 @@
 runs whatever is queued (worker.runner, no Celery), for tests that talk real HTTP."""
 
 import contextlib
+import hashlib
+import hmac
 import os
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import httpx
 from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
+WEBHOOK_SECRET = "test-webhook-secret-0123"  # the `hooks` fixture's
 
 
 def free_port() -> int:
@@ -83,3 +86,54 @@ def worker_thread(sessions) -> Iterator[list[str]]:  # noqa: ANN001
     finally:
         stop.set()
         thread.join(60)
+
+
+class Receiver:
+    """A webhook receiver on a free loopback port (http.server in a thread). It answers with
+    `codes` in turn (the last one repeats) and keeps every request: (headers, raw body)."""
+
+    def __init__(self, *codes: int) -> None:
+        import http.server
+
+        self.codes = list(codes) or [200]
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer.lock:
+                    outer.received.append((dict(self.headers.items()), body))
+                    code = outer.codes[min(len(outer.received), len(outer.codes)) - 1]
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Receiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def bodies(self) -> list[dict]:
+        import json
+
+        with self.lock:
+            return [json.loads(body) for _, body in self.received]
+
+
+def verify(headers: dict[str, str], body: bytes, secret: str = WEBHOOK_SECRET) -> bool:
+    """What a receiver does (README, "Webhooks"), written here independently of the sender."""
+    timestamp = headers["X-Gradlab-Timestamp"]
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return hmac.compare_digest(headers["X-Gradlab-Signature"], "sha256=" + expected.hexdigest())

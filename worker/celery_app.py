@@ -3,9 +3,11 @@ Nothing here touches CUDA at import time; the device is chosen when a run starts
 
 from celery import signals
 
+from api.logs import configure_logging
 from api.queue import get_celery
 from api.settings import get_settings
 
+configure_logging()  # the gradlab loggers as JSON lines, with the request id of each run
 app = get_celery()
 app.conf.include = ["worker.tasks"]
 
@@ -15,3 +17,10 @@ def _start_reconciler(**_kwargs: object) -> None:
     from worker.reconciler import start_reconciler_thread
 
     start_reconciler_thread(get_settings())
+
+
+@signals.worker_ready.connect
+def _start_webhooks(**_kwargs: object) -> None:
+    from worker.webhooks import start_dispatcher_thread
+
+    start_dispatcher_thread()

@@ -18,6 +18,7 @@ def local_key() -> str:
 
     from api.auth import create_key, hash_key
     from api.db import get_sessionmaker
+    from api.keyfile import write_private
     from api.settings import DATA_DIR
     from api.tables import ApiKey
 
@@ -29,9 +30,7 @@ def local_key() -> str:
             if row is not None and row.revoked_at is None:
                 return key
         _, key = create_key(s, "embedded", "local")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(key + "\n")
+    write_private(path, key, replace=True)
     return key
 
 

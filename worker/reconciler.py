@@ -16,13 +16,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import get_sessionmaker
 from api.queue import enqueue
 from api.settings import Settings
 from api.tables import Event, Experiment, utcnow
+from api.webhooks import terminal_delivery
 
 log = logging.getLogger("gradlab.reconciler")
 
@@ -35,32 +36,55 @@ def reconcile(
     now = utcnow()
     counts = {"requeued": 0, "failed": 0, "resent": 0}
     to_send: list[str] = []
+    cutoff = now - timedelta(seconds=settings.stale_after_s)
     with sessions() as s:
         stale = s.scalars(
             select(Experiment)
-            .where(
-                Experiment.status == "running",
-                Experiment.heartbeat_at < now - timedelta(seconds=settings.stale_after_s),
-            )
+            .where(Experiment.status == "running", Experiment.heartbeat_at < cutoff)
             .with_for_update(skip_locked=True)
         ).all()
         for row in stale:
             detail: dict[str, Any] = {"worker": row.worker, "attempt": row.attempt}
+            values: dict[str, Any]
             if row.cancel_requested:
-                row.status, row.finished_at = "cancelled", now
+                values = {"status": "cancelled", "finished_at": now}
             elif row.attempt >= settings.max_attempts:
-                row.status, row.finished_at = "failed", now
-                row.error = {
-                    "type": "worker_lost",
-                    "message": f"no heartbeat for {settings.stale_after_s:.0f} s on attempt "
-                    f"{row.attempt} of {settings.max_attempts}; giving up",
-                    **detail,
+                values = {
+                    "status": "failed",
+                    "finished_at": now,
+                    "error": {
+                        "type": "worker_lost",
+                        "message": f"no heartbeat for {settings.stale_after_s:.0f} s on attempt "
+                        f"{row.attempt} of {settings.max_attempts}; giving up",
+                        **detail,
+                    },
                 }
-                counts["failed"] += 1
             else:
-                row.status, row.enqueued_at = "queued", now
+                values = {"status": "queued", "enqueued_at": now}
+            # Guarded: FOR UPDATE is a no-op on SQLite, so another reconciler (or the worker,
+            # beating again or finishing) may have moved the row since it was read. Only the
+            # update that matches writes the event and the `finished` delivery.
+            res = s.execute(
+                update(Experiment)
+                .where(
+                    Experiment.id == row.id,
+                    Experiment.status == "running",
+                    Experiment.attempt == row.attempt,
+                    Experiment.heartbeat_at < cutoff,
+                )
+                .values(**values),
+                execution_options={"synchronize_session": False},
+            )
+            if res.rowcount != 1:
+                continue
+            s.refresh(row)
+            if row.status == "failed":
+                counts["failed"] += 1
+            elif row.status == "queued":
                 to_send.append(row.id)
                 counts["requeued"] += 1
+            if (note := terminal_delivery(row)) is not None:
+                s.add(note)
             s.add(
                 Event(
                     experiment_id=row.id,

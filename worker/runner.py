@@ -12,13 +12,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from api.db import get_sessionmaker
+from api.logs import bound_request_id, request_id
 from api.schemas import ExperimentCreate
 from api.settings import Settings, get_settings
+from api.tables import Experiment
 from worker import store
 from worker.diagnosis import diagnose
 from worker.instruments import default_instruments
@@ -53,8 +55,13 @@ class Heartbeat(threading.Thread):
         self.stop_training = threading.Event()
         self.reason: str | None = None
         self._done = threading.Event()
+        self.request_id = request_id.get()  # a new thread starts with an empty context
 
     def run(self) -> None:
+        with bound_request_id(self.request_id):
+            self._run()
+
+    def _run(self) -> None:
         last_beat = time.monotonic()
         while not self._done.wait(self.poll):
             if time.monotonic() > self.hard_deadline:
@@ -108,19 +115,29 @@ def with_retries(fn: Callable[[], T], what: str, budget_s: float = 120.0) -> T:
 class Writer(threading.Thread):
     """Writes flushed batches in the background so training never waits on the database."""
 
-    def __init__(self, experiment_id: str, attempt: int) -> None:
+    def __init__(
+        self, experiment_id: str, attempt: int, spec: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(daemon=True, name="trace-writer")
-        self.experiment_id, self.attempt = experiment_id, attempt
+        self.experiment_id, self.attempt, self.spec = experiment_id, attempt, spec
+        self.notified: set[str] = set()  # webhook events this attempt has a delivery for
         self.q: queue.Queue[tuple[Batch, int] | None] = queue.Queue()
         self.lost = threading.Event()
+        self.request_id = request_id.get()  # a new thread starts with an empty context
 
     def run(self) -> None:
+        with bound_request_id(self.request_id):
+            self._run()
+
+    def _run(self) -> None:
         while (item := self.q.get()) is not None:
             batch, step = item
 
             def write(batch: Batch = batch, step: int = step) -> bool:
                 with get_sessionmaker()() as s:
-                    return store.write_batch(s, self.experiment_id, self.attempt, batch, step)
+                    return store.write_batch(
+                        s, self.experiment_id, self.attempt, batch, step, self.spec, self.notified
+                    )
 
             try:
                 if not with_retries(write, f"storing a batch of {self.experiment_id}"):
@@ -147,7 +164,23 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
     if row is None:
         log.info("experiment %s is not queued; nothing to do", experiment_id)
         return None
-    attempt = row.attempt
+    # The submitting request's id on every line this run logs: one id from POST to result.
+    with bound_request_id(row.request_id):
+        log.info(
+            "experiment started",
+            extra={"experiment_id": experiment_id, "attempt": row.attempt},
+        )
+        status = _run_claimed(row, settings)
+        log.info(
+            "experiment ended",
+            extra={"experiment_id": experiment_id, "attempt": row.attempt, "status": status},
+        )
+        return status
+
+
+def _run_claimed(row: Experiment, settings: Settings) -> str | None:
+    """Train a claimed row and store its result; None when the attempt was taken over."""
+    experiment_id, attempt = row.id, row.attempt
     spec = ExperimentCreate.model_validate(row.spec)
     limit = min(spec.train.time_limit_s or math.inf, settings.soft_time_limit_s)
     soft_deadline = time.monotonic() + limit
@@ -158,7 +191,7 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
         settings.cancel_poll_s,
         hard_deadline=soft_deadline + settings.hard_time_limit_grace_s,
     )
-    writer = Writer(experiment_id, attempt)
+    writer = Writer(experiment_id, attempt, row.spec)
     beat.start()
     writer.start()
     status, summary, error, step = "failed", None, None, None

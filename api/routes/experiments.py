@@ -9,13 +9,28 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
-from sqlalchemy import and_, func, insert, or_, select, update
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import Owner, current_owner
-from api.db import get_read_engine, get_session
+from api.db import get_engine, get_read_engine, get_session
+from api.logs import request_id
 from api.problems import Problem, field_error
 from api.queue import enqueue
 from api.responses import FastJSON
@@ -27,14 +42,14 @@ from api.schemas import (
     estimated_cost,
 )
 from api.settings import get_settings
-from api.tables import Event, Experiment, SeriesChunk, new_id, utcnow
+from api.tables import Event, Experiment, SeriesChunk, WebhookDelivery, new_id, utcnow
 from api.traces import concat, unpack
 from api.views import Thinning, as_utc, experiment_view
+from api.webhooks import terminal_delivery, url_refused
 
 log = logging.getLogger("gradlab.api")
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 EXPERIMENT_TABLE = Experiment.__table__
-INSERT_EXPERIMENT = insert(EXPERIMENT_TABLE)
 UNSET_AT_SUBMIT = (
     "sweep_id",
     "sweep_params",
@@ -95,6 +110,26 @@ async def read_spec(request: Request) -> ExperimentCreate:
     return spec
 
 
+def check_notify(spec: ExperimentCreate, point: dict[str, Any] | None = None) -> None:
+    """422 naming `notify.url` when the webhook URL may not be called (a loopback, private or
+    reserved address, or a name that does not resolve), unless WEBHOOK_ALLOW_PRIVATE; naming
+    `notify.events` when `vanishing` is asked for without the temporal instrument."""
+    if spec.notify is None:
+        return
+    extra = {} if point is None else {"point": point}
+
+    def refused(title: str, field: str, reason: str, kind: str) -> Problem:
+        errors = [field_error(field, reason, kind)]
+        return Problem(422, title, reason, "validation", errors=errors, **extra)
+
+    if "vanishing" in spec.notify.events and "temporal" not in spec.instrument.on:
+        reason = "the 'vanishing' event is read from the temporal profile: add 'temporal' to on"
+        raise refused("Invalid request", "notify.events", reason, "value")
+    reason = url_refused(spec.notify.url, get_settings().webhook_allow_private)
+    if reason is not None:
+        raise refused("Webhook URL refused", "notify.url", reason, "url")
+
+
 # The body is read by read_spec (any Content-Type), so its schema is declared by hand; the
 # component itself is added in api.main.
 SPEC_BODY = {
@@ -107,36 +142,55 @@ SPEC_BODY = {
 }
 
 
+IDEMPOTENCY_KEY_MAX = 200
+SUBMIT_OPENAPI = {
+    **SPEC_BODY,
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "the same key and body within IDEMPOTENCY_TTL_S return the same "
+            "experiment; the same key with another body is a 409",
+            "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+        }
+    ],
+}
+
+
 @router.post(
     "",
     status_code=202,
     response_model=ExperimentRead,
-    openapi_extra=SPEC_BODY,
+    openapi_extra=SUBMIT_OPENAPI,
     responses={400: {}, 409: {}, 413: {}, 422: {}},
 )
-def create_experiment(
-    owner: Owner,
-    session: SessionDep,
-    spec: Annotated[ExperimentCreate, Depends(read_spec)],
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+async def create_experiment(request: Request) -> FastJSON:
+    """The busiest write, kept lean like the read: auth, body and header without the
+    dependency machinery, then one threadpool hop for the database and the broker."""
+    owner = await current_owner(request)
+    spec = await read_spec(request)
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        raise Problem(
+            422,
+            "Invalid request",
+            f"the Idempotency-Key header is over {IDEMPOTENCY_KEY_MAX} characters",
+            "validation",
+            errors=[field_error("Idempotency-Key", "too long", "string_too_long")],
+        )
+    return await run_in_threadpool(submit, owner, spec, idempotency_key, request_id.get())
+
+
+def submit(
+    owner: str, spec: ExperimentCreate, idempotency_key: str | None, rid: str | None
 ) -> FastJSON:
+    """Store a queued experiment (or replay the one this Idempotency-Key made), then ring the
+    broker's bell. Core on one connection: the ORM's unit of work is most of a write's cost."""
     normalised = spec.model_dump(mode="json")
     digest = hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    if idempotency_key is not None:
-        existing = session.scalar(
-            select(Experiment).where(
-                Experiment.owner == owner, Experiment.idempotency_key == idempotency_key
-            )
-        )
-        if existing is not None:
-            ttl = timedelta(seconds=get_settings().idempotency_ttl_s)
-            if as_utc(existing.created_at) > utcnow() - ttl:
-                return _replay(existing, digest)
-            existing.idempotency_key = None  # expired: the key is free for a new request
-            session.flush()
-    check_active_cap(session, owner, 1)
+    cap = get_settings().max_active_per_owner
     now = utcnow()
-    # A Core insert: a fraction of the ORM's unit-of-work cost on the busiest write.
     row = SimpleNamespace(
         id=new_id(),
         status="queued",
@@ -146,6 +200,7 @@ def create_experiment(
         spec=normalised,
         idempotency_key=idempotency_key,
         request_hash=digest,
+        request_id=rid,
         attempt=0,
         cancel_requested=False,
         progress_step=0,
@@ -154,19 +209,38 @@ def create_experiment(
         enqueued_at=now,
         **dict.fromkeys(UNSET_AT_SUBMIT),
     )
-    try:
-        session.execute(INSERT_EXPERIMENT, vars(row))  # one compiled statement, reused
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        existing = session.scalar(
-            select(Experiment).where(
-                Experiment.owner == owner, Experiment.idempotency_key == idempotency_key
+    existing = None
+    if idempotency_key is not None:
+        with get_engine().connect() as conn:
+            existing = _by_key(conn, owner, idempotency_key)
+        ttl = timedelta(seconds=get_settings().idempotency_ttl_s)
+        if existing is not None and as_utc(existing.created_at) > now - ttl:
+            return _replay(existing, digest)  # a replay is judged by its body, not by DNS now
+    # The webhook URL's name is resolved here: in the threadpool, with no connection held.
+    check_notify(spec)
+    with get_engine().connect() as conn:
+        if existing is not None:  # expired: the key is free for a new request
+            conn.execute(
+                update(EXPERIMENT_TABLE)
+                .where(EXPERIMENT_TABLE.c.id == existing.id)
+                .values(idempotency_key=None)
             )
-        )
-        if existing is None:
-            raise
-        return _replay(existing, digest)
+        try:
+            stored = conn.execute(INSERT_UNDER_CAP, {**vars(row), "cap_offset": cap - 1})
+            if stored.first() is None:
+                conn.rollback()
+                raise over_cap(conn, owner, 1, cap)
+            conn.commit()
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key won; without a key the
+            # conflict is not one a replay explains.
+            conn.rollback()
+            if idempotency_key is None:
+                raise
+            existing = _by_key(conn, owner, idempotency_key)
+            if existing is None:
+                raise
+            return _replay(existing, digest)
     try:
         enqueue(row.id)
     except Exception:  # the row is safe; the reconciler sends it once the broker is back
@@ -176,27 +250,63 @@ def create_experiment(
     )
 
 
+def _by_key(conn: Connection, owner: str, idempotency_key: str | None) -> Row | None:
+    return conn.execute(
+        select(EXPERIMENT_TABLE).where(
+            EXPERIMENT_TABLE.c.owner == owner,
+            EXPERIMENT_TABLE.c.idempotency_key == idempotency_key,
+        )
+    ).first()
+
+
+def active_rows(owner: Any) -> Select:
+    """The owner's queued or running experiments, in the (owner, status) index."""
+    return select(EXPERIMENT_TABLE.c.id).where(
+        EXPERIMENT_TABLE.c.owner == owner, EXPERIMENT_TABLE.c.status.in_(("queued", "running"))
+    )
+
+
+# The row goes in only when the owner has no cap-th active experiment yet: the cap check and
+# the insert in one statement, one round trip. It asks for the row at OFFSET cap - 1, an index
+# walk that stops there, never a count.
+_OWNER = bindparam("owner", type_=EXPERIMENT_TABLE.c.owner.type)
+INSERT_UNDER_CAP = (
+    insert(EXPERIMENT_TABLE)
+    .from_select(
+        [c.name for c in EXPERIMENT_TABLE.c],
+        select(
+            *(
+                _OWNER if c.name == "owner" else bindparam(c.name, type_=c.type)
+                for c in EXPERIMENT_TABLE.c
+            )
+        ).where(~exists(active_rows(_OWNER).offset(bindparam("cap_offset")).limit(1))),
+    )
+    .returning(EXPERIMENT_TABLE.c.id)
+)  # no row back: over the cap (rowcount is -1 on psycopg)
+
+
+def over_cap(conn: Connection | Session, owner: str, adding: int, cap: int) -> Problem:
+    active = conn.scalar(select(func.count()).select_from(active_rows(owner).subquery()))
+    return Problem(
+        429,
+        "Too many active experiments",
+        f"{active} queued or running; adding {adding} would pass the cap of {cap}",
+        "active-cap",
+        headers={"Retry-After": "30"},
+        active=active,
+        cap=cap,
+    )
+
+
 def check_active_cap(session: Session, owner: str, adding: int) -> None:
     """429 when the owner's queued + running experiments would pass the cap."""
     cap = get_settings().max_active_per_owner
-    active_rows = select(EXPERIMENT_TABLE.c.id).where(
-        EXPERIMENT_TABLE.c.owner == owner, EXPERIMENT_TABLE.c.status.in_(("queued", "running"))
-    )
     # Is there a (cap - adding + 1)-th active row? An index walk that stops there, not a count.
-    if session.execute(active_rows.offset(max(cap - adding, 0)).limit(1)).first() is not None:
-        active = session.scalar(select(func.count()).select_from(active_rows.subquery()))
-        raise Problem(
-            429,
-            "Too many active experiments",
-            f"{active} queued or running; adding {adding} would pass the cap of {cap}",
-            "active-cap",
-            headers={"Retry-After": "30"},
-            active=active,
-            cap=cap,
-        )
+    if session.execute(active_rows(owner).offset(max(cap - adding, 0)).limit(1)).first():
+        raise over_cap(session, owner, adding, cap)
 
 
-def _replay(existing: Experiment, digest: str) -> FastJSON:
+def _replay(existing: Experiment | Row, digest: str) -> FastJSON:
     if existing.request_hash != digest:
         raise Problem(
             409,
@@ -480,26 +590,43 @@ def read_events(
     return FastJSON({"items": items})
 
 
+def cancel_queued(session: Session, which: ColumnElement[bool], now: datetime) -> list[str]:
+    """queued -> cancelled for the experiments `which` picks, in one guarded UPDATE (a worker
+    may claim one meanwhile: it is left alone); the `finished` webhook of each one cancelled
+    here, if subscribed, in the same transaction. Returns the ids cancelled."""
+    ids = list(
+        session.scalars(
+            update(Experiment)
+            .where(which, Experiment.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=now)
+            .returning(Experiment.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if ids:
+        fresh = select(Experiment).where(Experiment.id.in_(ids))
+        for row in session.scalars(fresh.execution_options(populate_existing=True)):
+            if (note := terminal_delivery(row)) is not None:
+                session.add(note)
+    return ids
+
+
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentRead)
 def cancel_experiment(owner: Owner, experiment_id: str, session: SessionDep) -> FastJSON:
     """A queued experiment is cancelled at once; a running one stops within CANCEL_POLL_S
     and a step."""
     row = get_experiment(session, experiment_id, owner)
-    now = utcnow()
-    res = session.execute(
-        update(Experiment)
-        .where(Experiment.id == row.id, Experiment.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now)
-    )
-    if res.rowcount == 0:
-        res = session.execute(
+    cancelled = bool(cancel_queued(session, Experiment.id == row.id, utcnow())) or (
+        session.execute(
             update(Experiment)
             .where(Experiment.id == row.id, Experiment.status == "running")
             .values(cancel_requested=True)
-        )
+        ).rowcount
+        == 1
+    )
     session.commit()
     session.refresh(row)
-    if res.rowcount == 0:
+    if not cancelled:
         raise Problem(
             409,
             "Already finished",
@@ -508,3 +635,34 @@ def cancel_experiment(owner: Owner, experiment_id: str, session: SessionDep) -> 
             status_value=row.status,
         )
     return FastJSON(experiment_view(row), status_code=202)
+
+
+@router.get("/{experiment_id}/webhooks")
+def read_webhooks(owner: Owner, experiment_id: str, session: SessionDep) -> FastJSON:
+    """The webhook deliveries of this experiment, oldest first: event, status (`pending`,
+    `delivered`, `failed`), attempts with each try's status code or error, the body sent."""
+    row = get_experiment(session, experiment_id, owner)
+    q = (
+        select(WebhookDelivery)
+        .where(WebhookDelivery.experiment_id == row.id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    )
+    items = [
+        {
+            "id": d.id,
+            "event": d.event,
+            "url": d.url,
+            "status": d.status,
+            "attempt": d.attempt,
+            "attempts": d.attempts,
+            "log": d.log,
+            "last_status_code": d.last_status_code,
+            "last_error": d.last_error,
+            "next_attempt_at": as_utc(d.next_attempt_at) if d.status == "pending" else None,
+            "created_at": as_utc(d.created_at),
+            "delivered_at": as_utc(d.delivered_at),
+            "payload": d.payload,
+        }
+        for d in session.scalars(q)
+    ]
+    return FastJSON({"items": items})

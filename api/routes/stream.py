@@ -31,13 +31,12 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Owner
 from api.db import get_read_engine, get_session, get_sessionmaker
 from api.routes.experiments import get_experiment
-from api.tables import Experiment, SeriesChunk
+from api.tables import TERMINAL, Experiment, SeriesChunk
 from api.traces import concat
 from api.views import experiment_view
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 SessionDep = Annotated[Session, Depends(get_session)]
-TERMINAL = frozenset({"succeeded", "diverged", "failed", "cancelled"})
 SERIES = ("loss", "grad_norm_total")
 POLL_S = 0.5
 KEEPALIVE_S = 15.0

@@ -9,11 +9,12 @@ from sqlalchemy.orm import Session
 
 from api.auth import Owner
 from api.db import get_session
+from api.logs import request_id
 from api.presets import PRESETS
 from api.problems import Problem
 from api.queue import enqueue
 from api.responses import FastJSON
-from api.routes.experiments import check_active_cap
+from api.routes.experiments import cancel_queued, check_active_cap, check_notify
 from api.schemas import SweepCreate
 from api.settings import get_settings
 from api.sweeps import TERMINAL, aggregate, effects, expand, rank_key, resolve
@@ -96,6 +97,14 @@ def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSO
     """Expand, validate every point, then queue them all (or nothing)."""
     req = resolve(req)
     points = expand(req, get_settings().max_cost)
+    checked: set[tuple] = set()  # a URL is resolved once a sweep, not once a point
+    for params, spec in points:
+        if spec.notify is None:
+            continue
+        key = (spec.notify.url, tuple(spec.notify.events), "temporal" in spec.instrument.on)
+        if key not in checked:
+            check_notify(spec, params)
+            checked.add(key)
     check_active_cap(session, owner, len(points))
     seeds = req.seeds or [0]
     sweep = Sweep(
@@ -115,6 +124,7 @@ def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSO
                 tags=spec.tags,
                 owner=owner,
                 sweep_id=sweep.id,
+                request_id=request_id.get(),
                 status="queued",
                 total_steps=spec.train.steps,
                 enqueued_at=utcnow(),
@@ -143,11 +153,7 @@ def read_sweep(owner: Owner, sweep_id: str, session: SessionDep) -> FastJSON:
 def cancel_sweep(owner: Owner, sweep_id: str, session: SessionDep) -> FastJSON:
     """Cancels what has not finished: queued at once, running within CANCEL_POLL_S and a step."""
     sweep = get_sweep(session, sweep_id, owner)
-    session.execute(
-        update(Experiment)
-        .where(Experiment.sweep_id == sweep.id, Experiment.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
-    )
+    cancel_queued(session, Experiment.sweep_id == sweep.id, utcnow())
     session.execute(
         update(Experiment)
         .where(Experiment.sweep_id == sweep.id, Experiment.status == "running")

@@ -95,6 +95,40 @@ def test_idempotency_key_replays_and_conflicts(client, backend: Backend) -> None
     assert_problem(client.post("/v1/experiments", json={**SMALL, "seed": 1}, headers=h), 409)
 
 
+def test_a_lost_race_on_the_same_idempotency_key_is_a_replay(
+    client, backend: Backend, monkeypatch
+) -> None:
+    """Two requests with one key both miss the lookup; the database's unique index lets one
+    in, and the other answers as a replay (same body) or a 409 (another body)."""
+    from api.routes import experiments
+
+    h = {"Idempotency-Key": "raced"}
+    first = client.post("/v1/experiments", json=SMALL, headers=h)
+    lookups = []
+
+    def missed_once(conn, owner, key):  # noqa: ANN001, ANN202 - the other request's view
+        lookups.append(key)
+        return None if len(lookups) == 1 else real(conn, owner, key)
+
+    real = experiments._by_key
+    monkeypatch.setattr(experiments, "_by_key", missed_once)
+    again = client.post("/v1/experiments", json=SMALL, headers=h)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert lookups == ["raced", "raced"]  # the pre-check, then the lookup after the conflict
+    lookups.clear()
+    assert_problem(client.post("/v1/experiments", json={**SMALL, "seed": 1}, headers=h), 409)
+    assert backend.queue_depth() == 1
+
+
+def test_an_idempotency_key_over_200_characters_is_422_naming_it(client, backend) -> None:
+    resp = client.post("/v1/experiments", json=SMALL, headers={"Idempotency-Key": "k" * 201})
+    body = assert_problem(resp, 422)
+    assert [e["field"] for e in body["errors"]] == ["Idempotency-Key"]
+    assert backend.queue_depth() == 0
+    ok = client.post("/v1/experiments", json=SMALL, headers={"Idempotency-Key": "k" * 200})
+    assert ok.status_code == 202
+
+
 def test_list_is_newest_first_filtered_and_paginated(client) -> None:
     ids = [
         client.post("/v1/experiments", json={**SMALL, "tags": ["a" if i % 2 else "b"]}).json()["id"]

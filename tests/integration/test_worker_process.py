@@ -1,6 +1,7 @@
 """The API and real Celery worker processes on PostgreSQL + Redis and on the embedded
 default (SQLite + the SQLAlchemy broker): the whole loop, divergence, and SIGKILL."""
 
+import json
 import os
 import signal
 
@@ -34,8 +35,10 @@ def test_worker_runs_experiments_and_survives_divergence(client, backend, tmp_pa
     worker = start_worker(backend, tmp_path)
     try:
         ids = [
-            client.post("/v1/experiments", json=s).json()["id"]
-            for s in (SMALL, {**SMALL, **EXPLODING}, SMALL)
+            client.post("/v1/experiments", json=s, headers={"X-Request-ID": f"req-{n}"}).json()[
+                "id"
+            ]
+            for n, s in enumerate((SMALL, {**SMALL, **EXPLODING}, SMALL))
         ]
         for exp_id in ids:
             wait_for(lambda i=exp_id: status_of(client, i)["status"] in TERMINAL, 120, "a run")
@@ -51,6 +54,17 @@ def test_worker_runs_experiments_and_survives_divergence(client, backend, tmp_pa
         assert worker.poll() is None
     finally:
         stop(worker)
+    # The submitting request's id follows each experiment into the worker's JSON log lines.
+    lines = [
+        json.loads(x)
+        for f in tmp_path.glob("*.log")
+        for x in f.read_text().splitlines()
+        if x.startswith("{")
+    ]
+    for n, exp_id in enumerate(ids):
+        mine = [x for x in lines if x.get("experiment_id") == exp_id]
+        assert {x["msg"] for x in mine} >= {"experiment started", "experiment ended"}
+        assert {x.get("request_id") for x in mine} == {f"req-{n}"}
 
 
 def kill_mid_run(client, backend, tmp_path, **env: str) -> str:  # noqa: ANN001

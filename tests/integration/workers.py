@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from api.tables import TERMINAL  # noqa: F401 (the tests import it from here)
 from tests.conftest import ROOT, Backend
 from worker.embedded import worker_command
 
@@ -18,7 +19,6 @@ FAST_RELIABILITY = {
     "FLUSH_EVERY_S": "0.2",
     "OMP_NUM_THREADS": "1",
 }
-TERMINAL = {"succeeded", "diverged", "failed", "cancelled"}
 
 
 def start_worker(backend: Backend, log_dir: Path, **env: str) -> subprocess.Popen:

@@ -142,3 +142,42 @@ def test_soft_time_limit_stops_and_keeps_the_traces(sessions, client) -> None:
     steps_run = body["summary"]["steps_run"]
     assert 0 < steps_run < 100_000
     assert len(client.get(f"/v1/experiments/{exp_id}/metrics").json()["loss"]) == steps_run
+
+
+def test_the_run_and_its_threads_log_with_its_request_id(sessions, settings, monkeypatch) -> None:
+    import logging
+
+    from api.logs import request_id
+    from worker import store
+    from worker.runner import run_experiment
+
+    exp_id = add_experiment(sessions, SMALL)
+    with sessions() as s:
+        s.get(Experiment, exp_id).request_id = "req-run-1"
+        s.commit()
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.threadName, record.getMessage(), request_id.get()))
+
+    def failing_heartbeat(*_args: object) -> None:
+        raise RuntimeError("database restarting")
+
+    # the heartbeat thread fails its beats, so it logs from its own thread
+    monkeypatch.setattr(settings, "heartbeat_interval_s", 0.01)
+    monkeypatch.setattr(settings, "cancel_poll_s", 0.01)
+    monkeypatch.setattr(store, "heartbeat", failing_heartbeat)
+    logger = logging.getLogger("gradlab.worker")
+    grab, level = Grab(), logger.level
+    logger.addHandler(grab)
+    logger.setLevel(logging.INFO)
+    try:
+        assert run_experiment(exp_id, settings) == "succeeded"
+    finally:
+        logger.removeHandler(grab)
+        logger.setLevel(level)
+    assert {msg for _, msg, _ in seen} >= {"experiment started", "experiment ended"}
+    assert any(thread == "heartbeat" for thread, _, _ in seen)
+    assert {rid for _, _, rid in seen} == {"req-run-1"}
+    assert request_id.get() is None

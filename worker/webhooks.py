@@ -1,0 +1,367 @@
+"""The webhook dispatcher: sends the outbox rows (webhook_deliveries) that the worker, the
+reconciler and the API's cancel write beside what they report, signs each body, retries with
+exponential backoff and records every attempt on the row.
+
+It runs as a daemon thread in each worker process, so training never waits on a receiver.
+Several workers share the outbox: a row is claimed by a conditional update (PostgreSQL also
+skips rows another worker has locked), which counts the attempt and leases the row until the
+attempt's outcome is written; a worker that dies mid-attempt leaves a lease that runs out and
+the next attempt goes out from another.
+
+Signature: X-Gradlab-Signature is `sha256=` + hex HMAC-SHA256 of `{timestamp}.{body}` under
+the webhook secret, with the timestamp (Unix seconds) in X-Gradlab-Timestamp, so a receiver
+can refuse a replayed body. See the README, "Webhooks"."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import get_sessionmaker
+from api.keyfile import write_private
+from api.settings import Settings, get_settings
+from api.tables import WebhookDelivery, utcnow
+from api.webhooks import Resolver, resolve_url
+
+log = logging.getLogger("gradlab.webhooks")
+
+SIGNATURE = "X-Gradlab-Signature"
+TIMESTAMP = "X-Gradlab-Timestamp"
+EVENT = "X-Gradlab-Event"
+DELIVERY = "X-Gradlab-Delivery"
+USER_AGENT = "gradlab-webhooks/1"
+MAX_LOG = 50  # attempts kept on a row; WEBHOOK_MAX_ATTEMPTS is at most 30
+BATCH = 20  # attempts per round; rows are claimed one at a time, each just before its send
+MIN_SECRET = 16  # bytes
+
+
+class SecretError(RuntimeError):
+    """The secret file is unusable; nothing is delivered until it is fixed."""
+
+
+def signing_secret(settings: Settings) -> bytes:
+    """WEBHOOK_SECRET, or the installation's own secret in WEBHOOK_SECRET_FILE (made on first
+    use, mode 0600): the embedded default works with nothing set, and a receiver reads it there.
+    Several workers on one host may make it at once: each writes a whole temporary file and
+    links it into place, one link wins and every worker uses the winner's secret. A file that
+    holds fewer than MIN_SECRET bytes (emptied, truncated) is refused: an empty HMAC key lets
+    anyone forge the signature."""
+    if settings.webhook_secret:
+        return settings.webhook_secret.encode()
+    path = settings.webhook_secret_file
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32), replace=False)
+    text = path.read_text().strip()
+    if len(text) < MIN_SECRET:
+        raise SecretError(
+            f"{path} holds {len(text)} bytes, a webhook secret needs at least {MIN_SECRET}: "
+            "set WEBHOOK_SECRET, or delete the file and a new secret is made"
+        )
+    return text.encode()
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def backoff_s(settings: Settings, attempts: int) -> float:
+    """Delay after the `attempts`-th failed try: base, 2 base, 4 base, ..., capped."""
+    return min(settings.webhook_backoff_s * 2 ** (attempts - 1), settings.webhook_backoff_max_s)
+
+
+@dataclass
+class Claimed:
+    id: str
+    attempts: int  # this attempt's number, 1-based
+    event: str
+    url: str
+    payload: dict[str, Any]
+
+
+def fail_spent(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Rows whose last allowed attempt was claimed and whose lease ran out with no outcome
+    written (their dispatcher died) become failed, rather than pending forever."""
+    with sessions() as s:
+        s.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.attempts >= settings.webhook_max_attempts,
+                WebhookDelivery.next_attempt_at <= utcnow(),
+            )
+            .values(
+                status="failed",
+                last_error="no outcome recorded for the last attempt (its dispatcher stopped)",
+            )
+        )
+        s.commit()
+
+
+def claim_due(
+    sessions: sessionmaker[Session], settings: Settings, limit: int | None = None
+) -> list[Claimed]:
+    """Due pending rows with attempts left, each claimed by one dispatcher: its attempt
+    counted, its lease set."""
+    now = utcnow()
+    lease = now + timedelta(seconds=2 * settings.webhook_timeout_s + 30)
+    t = WebhookDelivery
+    out: list[Claimed] = []
+    with sessions() as s:
+        due = s.execute(
+            select(t.id, t.attempts, t.event, t.url, t.payload)
+            .where(
+                t.status == "pending",
+                t.next_attempt_at <= now,
+                t.attempts < settings.webhook_max_attempts,
+            )
+            .order_by(t.next_attempt_at)
+            .limit(limit or BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for d in due:
+            # The guard makes the claim safe without row locks too (SQLite): of two
+            # dispatchers that read the same row, one update matches.
+            res = s.execute(
+                update(t)
+                .where(t.id == d.id, t.status == "pending", t.attempts == d.attempts)
+                .values(attempts=d.attempts + 1, next_attempt_at=lease)
+            )
+            if res.rowcount == 1:
+                out.append(Claimed(d.id, d.attempts + 1, d.event, d.url, d.payload))
+        s.commit()
+    return out
+
+
+def redacted(url: str) -> str:
+    """scheme://host/path for the logs: the query string may carry a receiver's token."""
+    try:
+        u = httpx.URL(url)
+        return f"{u.scheme}://{u.netloc.decode('ascii')}{u.path}"
+    except Exception:
+        return "<invalid URL>"
+
+
+class Watchdog:
+    """Bounds a whole attempt: httpx's timeouts are per read, so a receiver that trickles its
+    status line a byte at a time would hold the thread forever. When the deadline passes, the
+    connection's socket is shut down, which wakes the blocked read. httpcore hands the socket
+    over through its `trace` extension as soon as it is connected."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._streams: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        stream = info.get("return_value")
+        if stream is None or not name.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            return
+        with self._lock:
+            self._streams.append(stream)
+            fired = self.fired
+        if fired:
+            self._shut(stream)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            streams = list(self._streams)
+        for stream in streams:
+            self._shut(stream)
+
+    @staticmethod
+    def _shut(stream: Any) -> None:
+        sock = stream.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a plain socket TLS has taken over: detached
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def send(
+    c: Claimed, settings: Settings, secret: bytes, resolve: Resolver | None = None
+) -> tuple[int | None, str | None]:
+    """One POST: (status code, None) when the receiver answered, (None, error) otherwise.
+    Never raises: whatever goes wrong is the attempt's error.
+
+    The host is resolved once, every address it resolves to is checked, and the connection
+    goes to a checked address: the URL's host is replaced by the IP, the Host header carries
+    the name, and for https the name is the TLS server name (SNI and certificate check), so a
+    second lookup that answers differently (DNS rebinding) is never made. Only the status line
+    is read, never the body, and WEBHOOK_TIMEOUT_S bounds the whole exchange."""
+    try:
+        # Checked again at each attempt: a name may resolve elsewhere than it did at submit time.
+        addresses, reason = resolve_url(c.url, settings.webhook_allow_private, resolve)
+        if reason is not None:
+            return None, f"refused: {reason}"
+        url = httpx.URL(c.url)
+        target = url.copy_with(host=str(addresses[0]))
+        extensions: dict[str, Any] = {}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.raw_host.decode("ascii")
+        body = orjson.dumps(c.payload)
+        timestamp = str(int(time.time()))
+        headers = {
+            "Host": url.netloc.decode("ascii"),
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            EVENT: c.event,
+            DELIVERY: c.id,
+            TIMESTAMP: timestamp,
+            SIGNATURE: sign(secret, timestamp, body),
+        }
+        watchdog = Watchdog(settings.webhook_timeout_s)
+        extensions["trace"] = watchdog.trace
+        # A client per attempt: its pool is keyed by the IP, so a kept-alive connection could
+        # otherwise be reused for another name on the same address. No proxies from the
+        # environment (they would do their own lookup), no redirects (a 3xx to an internal
+        # address would get round the check).
+        with (
+            httpx.Client(
+                timeout=settings.webhook_timeout_s, trust_env=False, follow_redirects=False
+            ) as http,
+            watchdog,
+        ):
+            try:
+                with http.stream(
+                    "POST", target, content=body, headers=headers, extensions=extensions
+                ) as resp:
+                    return resp.status_code, None
+            except Exception:
+                if watchdog.fired:
+                    return None, f"timed out: no answer within {settings.webhook_timeout_s:g} s"
+                raise
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+
+
+def record(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    c: Claimed,
+    code: int | None,
+    error: str | None,
+    duration_s: float,
+) -> str:
+    """Store one attempt's outcome; returns the row's status after it."""
+    now = utcnow()
+    ok = code is not None and 200 <= code < 300
+    if code is not None and not ok:
+        error = f"HTTP {code}"
+    entry = {
+        "attempt": c.attempts,
+        "at": now.isoformat(),
+        "status_code": code,
+        "error": error,
+        "duration_ms": round(duration_s * 1000, 1),
+    }
+    values: dict[str, Any] = {"last_status_code": code, "last_error": error}
+    if ok:
+        values.update(status="delivered", delivered_at=now)
+    elif c.attempts >= settings.webhook_max_attempts:
+        values.update(status="failed")
+    else:
+        values.update(next_attempt_at=now + timedelta(seconds=backoff_s(settings, c.attempts)))
+    with sessions() as s:
+        logged = s.scalar(select(WebhookDelivery.log).where(WebhookDelivery.id == c.id)) or []
+        values["log"] = [*logged, entry][-MAX_LOG:]
+        # Only while the claim is still ours: past its lease another dispatcher may have it.
+        res = s.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == c.id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.attempts == c.attempts,
+            )
+            .values(**values)
+        )
+        s.commit()
+    if res.rowcount != 1:
+        log.warning("delivery %s attempt %d was taken over; outcome dropped", c.id, c.attempts)
+    return values.get("status", "pending")
+
+
+def dispatch_due(
+    sessions: sessionmaker[Session] | None = None,
+    settings: Settings | None = None,
+    resolve: Resolver | None = None,
+) -> int:
+    """One round: up to BATCH due deliveries, each claimed just before it is sent, so no
+    claimed row waits behind others while its lease runs out. Returns the attempts made."""
+    sessions = sessions or get_sessionmaker()
+    settings = settings or get_settings()
+    # Before claiming: with no usable secret nothing is claimed, so no attempt is used up.
+    secret = signing_secret(settings)
+    fail_spent(sessions, settings)
+    made = 0
+    for _ in range(BATCH):
+        claimed = claim_due(sessions, settings, limit=1)
+        if not claimed:
+            break
+        (c,) = claimed
+        made += 1
+        try:  # one row's trouble is not the next row's: its lease runs out, it goes again
+            t0 = time.perf_counter()
+            code, error = send(c, settings, secret, resolve)
+            status = record(sessions, settings, c, code, error, time.perf_counter() - t0)
+        except Exception:
+            log.warning("webhook %s attempt %d not recorded", c.id, c.attempts, exc_info=True)
+            continue
+        log.info("webhook %s %s attempt %d: %s", c.event, c.id, c.attempts, error or code)
+        if status == "failed":
+            log.warning(
+                "webhook %s to %s failed after %d attempts", c.id, redacted(c.url), c.attempts
+            )
+    return made
+
+
+class Dispatcher(threading.Thread):
+    """Rounds of dispatch_due until stopped; a round that sent something is followed at once."""
+
+    def __init__(self, poll_s: float | None = None) -> None:
+        super().__init__(daemon=True, name="webhooks")
+        self.poll_s = poll_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            sent = 0
+            try:
+                sent = dispatch_due()
+            except Exception:  # a database outage: try again next round
+                log.warning("webhook round failed", exc_info=True)
+            if not sent:
+                self._stop_event.wait(self.poll_s or get_settings().webhook_poll_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+
+def start_dispatcher_thread() -> Dispatcher:
+    thread = Dispatcher()
+    thread.start()
+    return thread
