@@ -56,7 +56,7 @@ def test_orthogonal_gain_sets_every_singular_value_of_every_block(cell: str, gai
     for w in net.recurrent_weights().values():
         for block in w.detach().split(8):
             torch.testing.assert_close(torch.linalg.svdvals(block), torch.full((8,), gain))
-    assert all(float(layer.bias_hh_l0.abs().max()) == 0 for layer in net.rnn)
+    assert all(float(layer.bias_hh_l0.detach().abs().max()) == 0 for layer in net.rnn)
 
 
 def test_identity_and_scaled_normal() -> None:
