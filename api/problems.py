@@ -69,6 +69,21 @@ def field_error(field: str | None, message: str, kind: str) -> dict[str, Any]:
     return {"field": field, "message": message, "type": kind}
 
 
+def invalid_field(
+    detail: str,
+    field: str | None,
+    message: str,
+    kind: str,
+    title: str = "Invalid request",
+    **extra: Any,
+) -> Problem:
+    """The 422 for one field a check outside pydantic refused: the `validation` problem with
+    `errors` naming that field, as pydantic's own refusals are reported."""
+    return Problem(
+        422, title, detail, "validation", errors=[field_error(field, message, kind)], **extra
+    )
+
+
 def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """pydantic errors as {field, message, type}: `field` is the dotted path in the body."""
     return [

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.presets import PRESETS
-from api.problems import Problem, field_error, field_errors
+from api.problems import Problem, field_error, field_errors, invalid_field
 from api.schemas import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
 from api.tables import TERMINAL
 
@@ -51,20 +51,16 @@ def resolve(req: SweepCreate) -> SweepCreate:
     if req.preset is None:
         return req
     if req.preset not in PRESETS:
-        raise Problem(
-            422,
-            "Unknown preset",
+        raise invalid_field(
             f"no preset {req.preset!r}; known: {', '.join(sorted(PRESETS))}",
-            "validation",
-            errors=[field_error("preset", "unknown preset", "value")],
+            "preset",
+            "unknown preset",
+            "value",
+            title="Unknown preset",
         )
     if req.base or req.grid:
-        raise Problem(
-            422,
-            "Invalid request",
-            "a preset takes no base or grid",
-            "validation",
-            errors=[field_error("preset", "preset with base/grid", "value")],
+        raise invalid_field(
+            "a preset takes no base or grid", "preset", "preset with base/grid", "value"
         )
     p = PRESETS[req.preset]
     return SweepCreate(
@@ -81,12 +77,12 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
     naming it; nothing is queued."""
     for path, levels in req.grid.items():
         if path == VARIANT and not all(isinstance(v, dict) and "label" in v for v in levels):
-            raise Problem(
-                422,
-                "Invalid grid",
+            raise invalid_field(
                 "every `variant` is an object with a `label`",
-                "validation",
-                errors=[field_error("grid.variant", "objects with a label", "value")],
+                "grid.variant",
+                "objects with a label",
+                "value",
+                title="Invalid grid",
             )
     seeds = req.seeds or [0]
     paths = list(req.grid)

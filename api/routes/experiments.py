@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Owner, current_owner
 from api.db import get_engine, get_read_engine, get_session
 from api.logs import request_id
-from api.problems import Problem, field_error
+from api.problems import Problem, field_error, invalid_field
 from api.queue import enqueue
 from api.responses import FastJSON
 from api.schemas import (
@@ -87,13 +87,7 @@ async def read_spec(request: Request) -> ExperimentCreate:
     except orjson.JSONDecodeError as exc:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", "json") from exc
     if not isinstance(data, dict):
-        raise Problem(
-            422,
-            "Invalid request",
-            "the body must be a JSON object",
-            "validation",
-            errors=[field_error(None, "expected an object", "type")],
-        )
+        raise invalid_field("the body must be a JSON object", None, "expected an object", "type")
     spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
     cost, limit = estimated_cost(spec), get_settings().max_cost
     if cost > limit:
@@ -117,17 +111,12 @@ def check_notify(spec: ExperimentCreate, point: dict[str, Any] | None = None) ->
     if spec.notify is None:
         return
     extra = {} if point is None else {"point": point}
-
-    def refused(title: str, field: str, reason: str, kind: str) -> Problem:
-        errors = [field_error(field, reason, kind)]
-        return Problem(422, title, reason, "validation", errors=errors, **extra)
-
     if "vanishing" in spec.notify.events and "temporal" not in spec.instrument.on:
         reason = "the 'vanishing' event is read from the temporal profile: add 'temporal' to on"
-        raise refused("Invalid request", "notify.events", reason, "value")
+        raise invalid_field(reason, "notify.events", reason, "value", **extra)
     reason = url_refused(spec.notify.url, get_settings().webhook_allow_private)
     if reason is not None:
-        raise refused("Webhook URL refused", "notify.url", reason, "url")
+        raise invalid_field(reason, "notify.url", reason, "url", "Webhook URL refused", **extra)
 
 
 # The body is read by read_spec (any Content-Type), so its schema is declared by hand; the
@@ -172,12 +161,11 @@ async def create_experiment(request: Request) -> FastJSON:
     spec = await read_spec(request)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
-        raise Problem(
-            422,
-            "Invalid request",
+        raise invalid_field(
             f"the Idempotency-Key header is over {IDEMPOTENCY_KEY_MAX} characters",
-            "validation",
-            errors=[field_error("Idempotency-Key", "too long", "string_too_long")],
+            "Idempotency-Key",
+            "too long",
+            "string_too_long",
         )
     return await run_in_threadpool(submit, owner, spec, idempotency_key, request_id.get())
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from api import plots
 from api.auth import Owner
 from api.db import get_session
-from api.problems import Problem, field_error
+from api.problems import Problem, invalid_field
 from api.routes.experiments import get_experiment, load_prefixed, load_series
 from api.routes.sweeps import get_sweep
 from api.tables import Experiment
@@ -181,12 +181,11 @@ def overlay_plot(
     point share a colour and are labelled by its grid values)."""
     fmt = _format(fmt)
     if quantity not in SERIES_OF:
-        raise Problem(
-            422,
-            "Invalid request",
+        raise invalid_field(
             f"quantity must be one of {', '.join(SERIES_OF)}",
-            "validation",
-            errors=[field_error("query.quantity", "unknown quantity", "enum")],
+            "query.quantity",
+            "unknown quantity",
+            "enum",
         )
     if sweep:
         sweep_row, rows = sweep_rows(session, sweep, owner)
@@ -194,12 +193,11 @@ def overlay_plot(
         return image(overlay(session, rows, quantity, title, by_point=True), fmt)
     wanted = [i.strip() for i in (ids or "").split(",") if i.strip()]
     if not wanted or len(wanted) > MAX_OVERLAY:
-        raise Problem(
-            422,
-            "Invalid request",
+        raise invalid_field(
             f"give `sweep`, or `ids` with 1 to {MAX_OVERLAY} experiment ids",
-            "validation",
-            errors=[field_error("query.ids", "1 to 50 ids", "value")],
+            "query.ids",
+            "1 to 50 ids",
+            "value",
         )
     rows = [get_experiment(session, i, owner) for i in dict.fromkeys(wanted)]
     return image(overlay(session, rows, quantity, quantity, by_point=False), fmt)
