@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,22 @@ def bound_request_id(rid: str | None) -> Iterator[None]:
         yield
     finally:
         request_id.reset(token)
+
+
+class RequestIdThread(threading.Thread):
+    """A thread whose log lines carry the request id of the thread that made it (a new thread
+    starts with an empty context): subclasses put their loop in `work`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(daemon=True, name=name)
+        self.request_id = request_id.get()
+
+    def run(self) -> None:
+        with bound_request_id(self.request_id):
+            self.work()
+
+    def work(self) -> None:
+        raise NotImplementedError
 
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from api.db import get_sessionmaker
-from api.logs import bound_request_id, request_id
+from api.logs import RequestIdThread, bound_request_id
 from api.schemas import ExperimentCreate
 from api.settings import Settings, get_settings
 from api.tables import Experiment
@@ -35,7 +35,7 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(RequestIdThread):
     """Beats while the run goes, independent of how long a training step takes; learns of a
     cancel request, or that the reconciler has given the attempt to another worker."""
 
@@ -47,7 +47,7 @@ class Heartbeat(threading.Thread):
         cancel_poll: float,
         hard_deadline: float = math.inf,
     ) -> None:
-        super().__init__(daemon=True, name="heartbeat")
+        super().__init__("heartbeat")
         self.hard_deadline = hard_deadline  # time.monotonic() past which the process must go
         self.experiment_id, self.attempt, self.interval = experiment_id, attempt, interval
         # A cancel is looked for more often than the row is written: a read is cheap.
@@ -55,13 +55,8 @@ class Heartbeat(threading.Thread):
         self.stop_training = threading.Event()
         self.reason: str | None = None
         self._done = threading.Event()
-        self.request_id = request_id.get()  # a new thread starts with an empty context
 
-    def run(self) -> None:
-        with bound_request_id(self.request_id):
-            self._run()
-
-    def _run(self) -> None:
+    def work(self) -> None:
         last_beat = time.monotonic()
         while not self._done.wait(self.poll):
             if time.monotonic() > self.hard_deadline:
@@ -112,24 +107,19 @@ def with_retries(fn: Callable[[], T], what: str, budget_s: float = 120.0) -> T:
             delay = min(delay * 2, 5.0)
 
 
-class Writer(threading.Thread):
+class Writer(RequestIdThread):
     """Writes flushed batches in the background so training never waits on the database."""
 
     def __init__(
         self, experiment_id: str, attempt: int, spec: dict[str, Any] | None = None
     ) -> None:
-        super().__init__(daemon=True, name="trace-writer")
+        super().__init__("trace-writer")
         self.experiment_id, self.attempt, self.spec = experiment_id, attempt, spec
         self.notified: set[str] = set()  # webhook events this attempt has a delivery for
         self.q: queue.Queue[tuple[Batch, int] | None] = queue.Queue()
         self.lost = threading.Event()
-        self.request_id = request_id.get()  # a new thread starts with an empty context
 
-    def run(self) -> None:
-        with bound_request_id(self.request_id):
-            self._run()
-
-    def _run(self) -> None:
+    def work(self) -> None:
         while (item := self.q.get()) is not None:
             batch, step = item
 
