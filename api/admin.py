@@ -7,9 +7,9 @@ import sys
 
 from sqlalchemy import select
 
-from api.auth import create_key, revoke_key
-from api.db import get_sessionmaker
-from api.tables import ApiKey
+from core.db import get_sessionmaker
+from core.keys import create_key, revoke_key
+from core.tables import ApiKey
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,54 +1,16 @@
-"""Bearer API keys, their owners, and per-key rate limits.
+"""Who is asking: the bearer key's owner (keys themselves live in core/keys.py), cached, and
+per-key rate limits."""
 
-Keys are 32 random bytes, so a plain SHA-256 is a sound hash for them (a slow password hash
-protects guessable secrets; these are not guessable) and lets a lookup be one indexed query."""
-
-import hashlib
-import secrets
 import threading
 import time
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from api.db import get_sessionmaker
-from api.problems import Problem
-from api.settings import get_settings
-from api.tables import ApiKey, utcnow
-
-KEY_PREFIX = "glk_"
-
-
-def generate_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def create_key(session: Session, name: str, owner: str) -> tuple[ApiKey, str]:
-    """Store a new key; returns the row and the key in clear (shown once)."""
-    key = generate_key()
-    row = ApiKey(name=name, owner=owner, prefix=key[:12], key_hash=hash_key(key))
-    session.add(row)
-    session.commit()
-    return row, key
-
-
-def revoke_key(session: Session, key_id_or_prefix: str) -> int:
-    rows = session.scalars(
-        select(ApiKey).where(
-            (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix),
-            ApiKey.revoked_at.is_(None),
-        )
-    ).all()
-    for row in rows:
-        row.revoked_at = utcnow()
-    session.commit()
-    return len(rows)
+from core.db import get_sessionmaker
+from core.errors import Problem
+from core.keys import hash_key, owner_for_key
+from core.settings import get_settings
 
 
 class RateLimiter:
@@ -88,8 +50,7 @@ class KeyCache:
         if hit is not None and hit[1] > now:
             return hit[0]
         with get_sessionmaker()() as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-        owner = row.owner if row is not None and row.revoked_at is None else None
+            owner = owner_for_key(session, digest)
         if len(self._entries) > 10_000:  # a flood of made-up keys must not grow it forever
             self._entries.clear()
         self._entries[digest] = (owner, now + ttl)

@@ -4,9 +4,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import logs, observability, problems
+from api import observability, problems
 from api.routes import experiments, export, health, plots, reports, stream, sweeps
-from api.schemas import ExperimentCreate
+from core import logs
+from core.spec import ExperimentCreate
 
 
 def add_spec_and_security(app: FastAPI) -> None:

@@ -35,9 +35,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.db import get_read_engine
-from api.logs import request_id
-from api.tables import Experiment
+from core.db import get_read_engine
+from core.logs import request_id
+from core.tables import Experiment
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

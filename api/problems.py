@@ -10,6 +10,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from core.errors import Problem, field_errors
+
 log = logging.getLogger("gradlab.api")
 
 PROBLEM_JSON = "application/problem+json"
@@ -37,21 +39,6 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
-class Problem(Exception):
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        kind: str,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail, self.kind = status, title, detail, kind
-        self.headers, self.extra = headers, extra
-
-
 def problem_response(
     status: int,
     title: str,
@@ -62,38 +49,6 @@ def problem_response(
 ) -> JSONResponse:
     body = {"type": TYPE_BASE + kind, "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def field_error(field: str | None, message: str, kind: str) -> dict[str, Any]:
-    """One entry of a problem's `errors`: the dotted path of the field, what is wrong, a type."""
-    return {"field": field, "message": message, "type": kind}
-
-
-def invalid_field(
-    detail: str,
-    field: str | None,
-    message: str,
-    kind: str,
-    title: str = "Invalid request",
-    **extra: Any,
-) -> Problem:
-    """The 422 for one field a check outside pydantic refused: the `validation` problem with
-    `errors` naming that field, as pydantic's own refusals are reported."""
-    return Problem(
-        422, title, detail, "validation", errors=[field_error(field, message, kind)], **extra
-    )
-
-
-def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic errors as {field, message, type}: `field` is the dotted path in the body."""
-    return [
-        field_error(
-            ".".join(str(p) for p in e.get("loc", ()) if p != "body") or None,
-            e.get("msg"),
-            e.get("type"),
-        )
-        for e in errors
-    ]
 
 
 def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:

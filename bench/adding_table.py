@@ -9,7 +9,7 @@ so the table compares the cells, not their tuning. Columns: the final and best v
 (a fixed held-out batch of 256) against the 1/6 = 0.167 baseline of always answering 1.0; the
 step (0-based, validation every `--val-every` steps) at which validation first beat the
 baseline and first counted as solved (MSE < 0.01); the diagnosis verdict where
-worker/diagnosis.py exists, n/a otherwise."""
+core/diagnosis.py exists, n/a otherwise."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def spec_dict(cell: str, t: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def verdict(spec: Any, result: Any) -> str:
     """The diagnosis, called as the worker's runner calls it (summary, normalised spec as a
-    mapping, status); n/a where worker/diagnosis.py is missing or fails."""
+    mapping, status); n/a where core/diagnosis.py is missing or fails."""
     try:
-        from worker.diagnosis import diagnose
+        from core.diagnosis import diagnose
     except ImportError:
         return "n/a"
     try:
@@ -66,7 +66,7 @@ def run_one(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(job[2].threads)
-    from api.schemas import ExperimentCreate
+    from core.spec import ExperimentCreate
     from worker.instruments import default_instruments
     from worker.train import train
 

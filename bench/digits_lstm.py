@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from api.schemas import ExperimentCreate
+    from core.spec import ExperimentCreate
     from worker.instruments import default_instruments
     from worker.train import train
 

@@ -6,7 +6,7 @@ GET /export/tensorboard and GET /export.csv served whole through the API.
     DATABASE_URL=postgresql+psycopg://... .venv/bin/python bench/export_volume.py
 
 Prints each route's time (median and max of 5) and size, and the time of the event file
-alone (api.tfevents) on the same points without the database, with google-crc32c's CRC32C and
+alone (api.render.tfevents) on the same points without the database, with google-crc32c's CRC32C and
 with a pure-Python table in its place, interleaved: why the API depends on google-crc32c."""
 
 import io
@@ -23,13 +23,13 @@ os.environ["DATABASE_URL"] = URL
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-import api.tfevents  # noqa: E402
-from api.auth import create_key  # noqa: E402
-from api.db import get_engine, get_sessionmaker  # noqa: E402
+import api.render.tfevents  # noqa: E402
 from api.main import create_app  # noqa: E402
+from api.render.tfevents import ScalarWriter  # noqa: E402
 from api.routes.export import scalar_series, tensorboard_tag  # noqa: E402
-from api.tables import Base, Experiment  # noqa: E402
-from api.tfevents import ScalarWriter  # noqa: E402
+from core.db import get_engine, get_sessionmaker  # noqa: E402
+from core.keys import create_key  # noqa: E402
+from core.tables import Base, Experiment  # noqa: E402
 from worker import store  # noqa: E402
 from worker.instruments.base import Batch  # noqa: E402
 
@@ -109,17 +109,17 @@ def main() -> None:
     points = sum(len(steps) for _, steps, _ in series)
     print(f"database: {URL.split('://')[0]}; {points:,} scalar points in {len(series)} chunks")
 
-    package = api.tfevents.crc32c
+    package = api.render.tfevents.crc32c
     assert python_crc32c(b"123456789") == package(b"123456789") == 0xE3069283
     writes: dict[str, list[float]] = {"google-crc32c": [], "pure-Python CRC32C": []}
     for _ in range(5):
         for label, crc in (("google-crc32c", package), ("pure-Python CRC32C", python_crc32c)):
-            api.tfevents.crc32c = crc
-            api.tfevents._header.cache_clear()
+            api.render.tfevents.crc32c = crc
+            api.render.tfevents._header.cache_clear()
             t = time.perf_counter()
             events = write_events(series)
             writes[label].append(time.perf_counter() - t)
-    api.tfevents.crc32c = package
+    api.render.tfevents.crc32c = package
     for label, times in writes.items():
         print(
             f"event file alone, {label} (no database, no gzip): median "

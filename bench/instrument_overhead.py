@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from worker.datasets import make_task
 from worker.instruments import default_instruments
 from worker.train import build_model, train

@@ -92,8 +92,8 @@ def main() -> None:
             "OMP_NUM_THREADS": "1",
         }
         use_environment(env)
-        from api.db import get_sessionmaker
-        from api.tables import Experiment
+        from core.db import get_sessionmaker
+        from core.tables import Experiment
 
         key = make_key("load")
         port = free_port()

@@ -22,7 +22,7 @@ def fresh_database(pg_admin_url: str | None, folder: Path) -> Iterator[str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from api.migrate import upgrade
+    from core.migrate import upgrade
 
     if pg_admin_url is None:
         url = f"sqlite:///{folder}/gradlab.sqlite"
@@ -38,7 +38,7 @@ def fresh_database(pg_admin_url: str | None, folder: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        from api import db
+        from core import db
 
         if db.get_engine.cache_info().currsize:
             db.get_engine().dispose()
@@ -49,8 +49,8 @@ def fresh_database(pg_admin_url: str | None, folder: Path) -> Iterator[str]:
 
 def use_environment(env: dict[str, str]) -> None:
     """Point this process's settings, engines and Celery client at `env`."""
-    from api import db, queue, settings
     from api.auth import key_cache
+    from core import db, queue, settings
 
     os.environ.update(env)
     for cached in (
@@ -89,8 +89,8 @@ def start_workers(n: int, env: dict[str, str], log_dir: Path) -> list[subprocess
 
 
 def make_key(owner: str = "bench") -> str:
-    from api.auth import create_key
-    from api.db import get_sessionmaker
+    from core.db import get_sessionmaker
+    from core.keys import create_key
 
     with get_sessionmaker()() as session:
         return create_key(session, owner, owner)[1]

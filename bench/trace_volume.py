@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
-from api.auth import create_key  # noqa: E402
-from api.db import get_engine, get_sessionmaker  # noqa: E402
 from api.main import create_app  # noqa: E402
-from api.tables import Base, Experiment, SeriesChunk  # noqa: E402
+from core.db import get_engine, get_sessionmaker  # noqa: E402
+from core.keys import create_key  # noqa: E402
+from core.tables import Base, Experiment, SeriesChunk  # noqa: E402
 from worker import store  # noqa: E402
 from worker.instruments.base import Batch  # noqa: E402
 

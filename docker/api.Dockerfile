@@ -4,6 +4,7 @@ WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
+COPY core ./core
 COPY migrations ./migrations
 RUN pip install --no-cache-dir .
 EXPOSE 8000

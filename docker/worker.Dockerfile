@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
+COPY core ./core
 COPY models ./models
 COPY worker ./worker
 COPY migrations ./migrations

@@ -1,12 +1,12 @@
-"""Alembic environment: the URL from api.settings, the metadata from api.tables."""
+"""Alembic environment: the URL from core.settings, the metadata from core.tables."""
 
 from logging.config import fileConfig
 
 from alembic import context
 
-from api.db import make_engine
-from api.settings import get_settings
-from api.tables import Base
+from core.db import make_engine
+from core.settings import get_settings
+from core.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

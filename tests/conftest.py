@@ -17,10 +17,10 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from api import db, queue
-from api import settings as settings_mod
-from api.migrate import upgrade
-from api.tables import Base
+from core import db, queue
+from core import settings as settings_mod
+from core.migrate import upgrade
+from core.tables import Base
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -161,7 +161,7 @@ def settings(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[sett
 @pytest.fixture
 def api_key(settings: settings_mod.Settings) -> Callable[[str], str]:
     """Makes a real key (stored hashed, as the admin tool does) for an owner."""
-    from api.auth import create_key
+    from core.keys import create_key
 
     def make(owner: str = "tester") -> str:
         with db.get_sessionmaker()() as s:

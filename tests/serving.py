@@ -60,7 +60,7 @@ def uvicorn(env: dict[str, str], log_path: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def worker_thread(sessions) -> Iterator[list[str]]:  # noqa: ANN001
     """Runs every queued experiment, one at a time, until the block ends; yields the ids run."""
-    from api.tables import Experiment
+    from core.tables import Experiment
     from worker.runner import run_experiment
 
     stop = threading.Event()

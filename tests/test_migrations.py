@@ -1,12 +1,12 @@
-"""The migrations build exactly the tables api/tables.py declares, on both databases, and
+"""The migrations build exactly the tables core/tables.py declares, on both databases, and
 undo cleanly."""
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
 
-from api.db import make_engine
-from api.migrate import ROOT
+from core.db import make_engine
+from core.migrate import ROOT
 
 
 def config(url: str) -> Config:

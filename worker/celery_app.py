@@ -3,9 +3,9 @@ Nothing here touches CUDA at import time; the device is chosen when a run starts
 
 from celery import signals
 
-from api.logs import configure_logging
-from api.queue import get_celery
-from api.settings import get_settings
+from core.logs import configure_logging
+from core.queue import get_celery
+from core.settings import get_settings
 
 configure_logging()  # the gradlab loggers as JSON lines, with the request id of each run
 app = get_celery()

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from api.migrate import upgrade
-from api.settings import get_settings
+from core.migrate import upgrade
+from core.settings import get_settings
 
 
 def local_key() -> str:
@@ -16,11 +16,11 @@ def local_key() -> str:
     so every start can print it."""
     from pathlib import Path
 
-    from api.auth import create_key, hash_key
-    from api.db import get_sessionmaker
-    from api.keyfile import write_private
-    from api.settings import DATA_DIR
-    from api.tables import ApiKey
+    from core.db import get_sessionmaker
+    from core.keyfile import write_private
+    from core.keys import create_key, hash_key
+    from core.settings import DATA_DIR
+    from core.tables import ApiKey
 
     path = Path(os.environ.get("API_KEY_FILE", DATA_DIR / "api_key"))
     with get_sessionmaker()() as s:

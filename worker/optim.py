@@ -6,7 +6,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from api.schemas import OptimizerSpec, ScheduleSpec
+from core.spec import OptimizerSpec, ScheduleSpec
 
 
 def make_optimizer(spec: OptimizerSpec, params: Iterable[Tensor]) -> torch.optim.Optimizer:

@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import get_sessionmaker
-from api.queue import enqueue
-from api.settings import Settings
-from api.tables import Event, Experiment, utcnow
-from api.webhooks import terminal_delivery
+from core.db import get_sessionmaker
+from core.queue import enqueue
+from core.settings import Settings
+from core.tables import Event, Experiment, utcnow
+from core.webhooks import terminal_delivery
 
 log = logging.getLogger("gradlab.reconciler")
 

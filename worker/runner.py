@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from api.db import get_sessionmaker
-from api.logs import RequestIdThread, bound_request_id
-from api.schemas import ExperimentCreate
-from api.settings import Settings, get_settings
-from api.tables import Experiment
+from core.db import get_sessionmaker
+from core.diagnosis import diagnose
+from core.logs import RequestIdThread, bound_request_id
+from core.settings import Settings, get_settings
+from core.spec import ExperimentCreate
+from core.tables import Experiment
 from worker import store
-from worker.diagnosis import diagnose
 from worker.instruments import default_instruments
 from worker.instruments.base import Batch
 from worker.train import train

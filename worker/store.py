@@ -8,9 +8,9 @@ import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from api.tables import Event, Experiment, SeriesChunk, WebhookDelivery, utcnow
-from api.traces import STEP_DTYPE, VALUE_DTYPE
-from api.webhooks import delivery, subscribed, terminal_delivery
+from core.tables import Event, Experiment, SeriesChunk, WebhookDelivery, utcnow
+from core.traces import STEP_DTYPE, VALUE_DTYPE
+from core.webhooks import delivery, subscribed, terminal_delivery
 from worker.instruments.base import Batch
 
 # Loop events that a spec's notify.events may subscribe to: event kind -> webhook event.

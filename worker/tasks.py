@@ -1,6 +1,6 @@
 """Celery tasks. Thin: everything they do is in worker.runner, testable without Celery."""
 
-from api.queue import RUN_EXPERIMENT
+from core.queue import RUN_EXPERIMENT
 from worker.celery_app import app
 from worker.runner import run_experiment as _run_experiment
 

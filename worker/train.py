@@ -9,51 +9,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from worker.datasets import SequenceTask, make_task
-from worker.instruments.base import Batch, Instrument, Recorder
+from worker.instruments.base import Batch, Instrument, Run, StepContext
 from worker.nan_origin import locate_nonfinite
 from worker.optim import lr_factor, make_optimizer, set_lr
 
 MAX_CONSECUTIVE_SKIPS = 100  # skip_step gives up (status diverged) after this many in a row
 
 Status = Literal["succeeded", "diverged", "cancelled"]
-
-
-@dataclass
-class StepContext:
-    step: int
-    output: RecurrentOutput
-    pred: Tensor
-    loss: Tensor
-    loss_value: float = math.nan
-    accuracy: float | None = None
-    grad_norm: Tensor | None = None  # global L2 norm before clipping
-    grad_norm_value: float = math.nan
-    finite: bool = True
-    clipped: bool = False
-    skipped: bool = False
-
-
-@dataclass
-class Run:
-    """What instruments may look at."""
-
-    spec: ExperimentCreate
-    task: SequenceTask
-    model: RecurrentNet
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    dtype: torch.dtype
-    recorder: Recorder = field(default_factory=Recorder)
-    instrumented: bool = False
 
 
 @dataclass

@@ -31,11 +31,11 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import get_sessionmaker
-from api.keyfile import write_private
-from api.settings import Settings, get_settings
-from api.tables import WebhookDelivery, utcnow
-from api.webhooks import Resolver, resolve_url
+from core.db import get_sessionmaker
+from core.keyfile import write_private
+from core.settings import Settings, get_settings
+from core.tables import WebhookDelivery, utcnow
+from core.webhooks import Resolver, resolve_url
 
 log = logging.getLogger("gradlab.webhooks")
 

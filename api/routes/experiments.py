@@ -29,23 +29,19 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Owner, current_owner
-from api.db import get_engine, get_read_engine, get_session
-from api.logs import request_id
-from api.problems import Problem, field_error, invalid_field
-from api.queue import enqueue
+from api.deps import Thinning, get_session
 from api.responses import FastJSON
-from api.schemas import (
-    EventsRead,
-    ExperimentCreate,
-    ExperimentPage,
-    ExperimentRead,
-    estimated_cost,
-)
-from api.settings import get_settings
-from api.tables import Event, Experiment, SeriesChunk, WebhookDelivery, new_id, utcnow
-from api.traces import concat, unpack
-from api.views import Thinning, as_utc, experiment_view
-from api.webhooks import terminal_delivery, url_refused
+from api.schemas import EventsRead, ExperimentPage, ExperimentRead
+from api.serializers import experiment_view
+from core.db import get_engine, get_read_engine
+from core.errors import Problem, field_error, invalid_field
+from core.logs import request_id
+from core.queue import enqueue
+from core.settings import get_settings
+from core.spec import ExperimentCreate, estimated_cost
+from core.tables import Event, Experiment, SeriesChunk, WebhookDelivery, as_utc, new_id, utcnow
+from core.traces import concat, unpack
+from core.webhooks import terminal_delivery, url_refused
 
 log = logging.getLogger("gradlab.api")
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])

@@ -5,7 +5,7 @@ memory. The vector series (temporal profiles) are in neither: they are in /gradi
 - GET /v1/experiments/{id}/export.csv: rows `step,name,value`, streamed. Non-finite values are
   written `nan`, `inf`, `-inf`.
 - GET /v1/experiments/{id}/export/tensorboard: a .tar.gz of one TensorBoard run directory
-  holding one event file of scalars (see `api.tfevents`)."""
+  holding one event file of scalars (see `api.render.tfevents`)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Owner
-from api.db import get_session, get_sessionmaker
+from api.deps import get_session
+from api.render.tfevents import ScalarWriter
 from api.routes.experiments import get_experiment
-from api.tables import Experiment, SeriesChunk
-from api.tfevents import ScalarWriter
-from api.traces import unpack
-from api.views import as_utc
+from core.db import get_sessionmaker
+from core.tables import Experiment, SeriesChunk, as_utc
+from core.traces import unpack
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -3,10 +3,10 @@
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from api.db import get_engine
 from api.problems import problem_response
-from api.queue import get_celery
 from api.responses import FastJSON
+from core.db import get_engine
+from core.queue import get_celery
 
 router = APIRouter(tags=["health"])
 

@@ -14,14 +14,14 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import plots
 from api.auth import Owner
-from api.db import get_session
-from api.problems import Problem, invalid_field
+from api.deps import get_session
+from api.render import plots
 from api.routes.experiments import get_experiment, load_prefixed, load_series
 from api.routes.sweeps import get_sweep
-from api.tables import Experiment
-from api.traces import concat
+from core.errors import Problem, invalid_field
+from core.tables import Experiment
+from core.traces import concat
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 router = APIRouter(prefix="/v1", tags=["plots"])
 SessionDep = Annotated[Session, Depends(get_session)]
 MAX_OVERLAY = 50
-# 1/gamma for a plain RNN (gamma = max |f'|), as in worker/diagnosis.py (the API imports no
+# 1/gamma for a plain RNN (gamma = max |f'|), as in core/diagnosis.py (the API imports no
 # worker code); lstm and gru have no such single bound.
 GAMMA = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0, "leaky_relu": 1.0, "elu": 1.0, "linear": 1.0}
 

@@ -1,6 +1,6 @@
 """Report pages: GET /v1/experiments/{id}/report and /v1/sweeps/{id}/report, plain HTML.
 
-The plots are embedded in the page as data: URIs (api/report.py), so the report URL is the
+The plots are embedded in the page as data: URIs (api/render/report.py), so the report URL is the
 only one that needs a credential. A browser cannot send a Bearer header from the address bar,
 so these two routes (and only these) also take the key as `?key=`; the Authorization header
 wins when both are there. A key in a URL can land in browser history and proxy logs: prefer
@@ -16,15 +16,15 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import plots
 from api.auth import current_owner
-from api.db import get_session
-from api.report import HEADERS, experiment_page, sweep_page
+from api.deps import get_session
+from api.render import plots
+from api.render.report import HEADERS, experiment_page, sweep_page
 from api.routes.experiments import get_experiment
 from api.routes.plots import experiment_figure, overlay, sweep_rows
 from api.routes.sweeps import sweep_view
-from api.tables import Event
-from api.views import as_utc, experiment_view
+from api.serializers import experiment_view
+from core.tables import Event, as_utc
 
 router = APIRouter(prefix="/v1", tags=["reports"])
 SessionDep = Annotated[Session, Depends(get_session)]

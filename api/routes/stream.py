@@ -29,11 +29,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Owner
-from api.db import get_read_engine, get_session, get_sessionmaker
+from api.deps import get_session
 from api.routes.experiments import get_experiment
-from api.tables import TERMINAL, Experiment, SeriesChunk
-from api.traces import concat
-from api.views import experiment_view
+from api.serializers import experiment_view
+from core.db import get_read_engine, get_sessionmaker
+from core.status import TERMINAL
+from core.tables import Experiment, SeriesChunk
+from core.traces import concat
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 SessionDep = Annotated[Session, Depends(get_session)]

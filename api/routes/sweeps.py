@@ -8,18 +8,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.auth import Owner
-from api.db import get_session
-from api.logs import request_id
-from api.presets import PRESETS
-from api.problems import Problem
-from api.queue import enqueue
+from api.deps import get_session
 from api.responses import FastJSON
 from api.routes.experiments import cancel_queued, check_active_cap, check_notify
-from api.schemas import SweepCreate
-from api.settings import get_settings
-from api.sweeps import TERMINAL, aggregate, effects, expand, rank_key, resolve
-from api.tables import Experiment, Sweep, utcnow
-from api.views import as_utc, experiment_view
+from api.serializers import experiment_view
+from core.errors import Problem
+from core.logs import request_id
+from core.presets import PRESETS
+from core.queue import enqueue
+from core.settings import get_settings
+from core.spec import SweepCreate
+from core.sweeps import TERMINAL, aggregate, effects, expand, rank_key, resolve
+from core.tables import Experiment, Sweep, as_utc, utcnow
 
 log = logging.getLogger("gradlab.api")
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])

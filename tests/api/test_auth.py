@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from api.admin import main as admin
-from api.tables import ApiKey
+from core.tables import ApiKey
 from tests.api.test_experiments import SMALL, assert_problem
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from api.schemas import MAX_SEQ_LEN
+from core.spec import MAX_SEQ_LEN
 from tests.conftest import Backend
 
 SMALL = {"task": {"seq_len": 10}, "train": {"steps": 5}, "model": {"hidden_size": 8}}

@@ -170,7 +170,7 @@ def test_export_tensorboard_of_a_queued_experiment_is_an_empty_run(
 
 
 def test_tensorboard_tags_and_run_names() -> None:
-    from api.tables import Experiment
+    from core.tables import Experiment
 
     assert [
         tensorboard_tag(n)

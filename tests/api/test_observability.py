@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.tables import Experiment, utcnow
+from core.tables import Experiment, utcnow
 from tests.worker.test_runner import SMALL, add_experiment
 
 
@@ -83,7 +83,7 @@ def test_a_scrape_answers_while_the_database_is_down(client, monkeypatch) -> Non
 
 @pytest.fixture
 def log_lines():  # noqa: ANN201
-    from api.logs import JsonFormatter
+    from core.logs import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

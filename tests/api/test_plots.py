@@ -40,7 +40,7 @@ def finished(sessions) -> str:  # noqa: ANN001
 
 def figure_of(sessions, exp_id: str, name: str):  # noqa: ANN001, ANN201
     from api.routes.plots import experiment_figure
-    from api.tables import Experiment
+    from core.tables import Experiment
 
     with sessions() as s:
         return experiment_figure(s, s.get(Experiment, exp_id), name)
@@ -111,7 +111,7 @@ def test_no_data_yet_is_an_empty_valid_image(client, sessions) -> None:
 
 def test_overlay_of_experiments_and_of_a_sweep(client, sessions) -> None:
     from api.routes.plots import overlay
-    from api.tables import Experiment
+    from core.tables import Experiment
     from worker.runner import run_experiment
 
     a = run(sessions)
@@ -172,7 +172,7 @@ def test_experiment_report_page(client, finished: str) -> None:
     assert f">{exp['diagnosis']['verdict']}</span>" in html
     assert "ratio_first_last" in html and "baseline_loss" in html
     # the page's own script is the only one, and the CSP pins it by hash
-    from api.report import SCRIPT_HASH
+    from api.render.report import SCRIPT_HASH
 
     assert html.count("<script>") == 1 and SCRIPT_HASH in resp.headers["content-security-policy"]
     # a browser sends no header: ?key= works for the report, and only a valid key
@@ -216,7 +216,7 @@ def test_packed_rows_thins_long_profiles_without_unpacking_them() -> None:
     from array import array
     from types import SimpleNamespace
 
-    from api.plots import packed_rows
+    from api.render.plots import packed_rows
 
     def chunk(first: int, n: int, width: int = 5) -> SimpleNamespace:
         steps = array("q", range(first, first + n)).tobytes()

@@ -2,7 +2,7 @@
 
 from sqlalchemy import func, select, update
 
-from api.tables import Experiment
+from core.tables import Experiment
 from tests.conftest import Backend
 
 BASE = {"task": {"seq_len": 10}, "model": {"hidden_size": 8}, "train": {"steps": 5}}

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from api.webhooks import url_refused
+from core.webhooks import url_refused
 from tests.api.test_experiments import assert_problem
 from tests.serving import Receiver, verify, worker_thread
 from tests.worker.test_webhooks import gaps_s

@@ -130,9 +130,9 @@ def use(backend: Backend, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """Point the in-process API at `backend`; returns a client with a key."""
     from fastapi.testclient import TestClient
 
-    from api import db
-    from api.auth import create_key
     from api.main import create_app
+    from core import db
+    from core.keys import create_key
 
     for key, value in backend.env().items():
         monkeypatch.setenv(key, value)

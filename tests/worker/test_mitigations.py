@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from models import RecurrentNet
 from models.norm_cells import NormRecurrentLayer
 from worker.instruments import default_instruments
-from worker.instruments.base import Instrument
-from worker.train import Run, StepContext, train
+from worker.instruments.base import Instrument, Run, StepContext
+from worker.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

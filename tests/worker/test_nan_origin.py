@@ -6,7 +6,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from models import RecurrentNet
 from worker.instruments.base import Instrument
 from worker.nan_origin import locate_nonfinite

@@ -3,7 +3,7 @@ forever when a worker dies or the broker forgets."""
 
 from datetime import timedelta
 
-from api.tables import Event, Experiment, utcnow
+from core.tables import Event, Experiment, utcnow
 from tests.conftest import Backend
 from tests.worker.test_runner import SMALL, add_experiment
 from worker.reconciler import reconcile

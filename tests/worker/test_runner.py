@@ -5,8 +5,8 @@ import time
 
 from sqlalchemy import select
 
-from api.tables import Event, Experiment, SeriesChunk, utcnow
-from api.traces import concat
+from core.tables import Event, Experiment, SeriesChunk, utcnow
+from core.traces import concat
 from tests.worker.test_train import EXPLODING
 
 SMALL = {
@@ -18,7 +18,7 @@ SMALL = {
 
 
 def add_experiment(sessions, spec: dict) -> str:  # noqa: ANN001
-    from api.schemas import ExperimentCreate
+    from core.spec import ExperimentCreate
 
     normalised = ExperimentCreate.model_validate(spec).model_dump(mode="json")
     with sessions() as s:
@@ -147,7 +147,7 @@ def test_soft_time_limit_stops_and_keeps_the_traces(sessions, client) -> None:
 def test_the_run_and_its_threads_log_with_its_request_id(sessions, settings, monkeypatch) -> None:
     import logging
 
-    from api.logs import request_id
+    from core.logs import request_id
     from worker import store
     from worker.runner import run_experiment
 

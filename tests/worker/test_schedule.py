@@ -6,10 +6,10 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from api.schemas import ExperimentCreate, ScheduleSpec
-from worker.instruments.base import Instrument
+from core.spec import ExperimentCreate, ScheduleSpec
+from worker.instruments.base import Instrument, Run, StepContext
 from worker.optim import lr_factor
-from worker.train import Run, StepContext, train
+from worker.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from worker.datasets import make_task
 from worker.instruments import default_instruments
 from worker.instruments.base import Instrument

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from api.tables import Experiment, WebhookDelivery, utcnow
+from core.tables import Experiment, WebhookDelivery, utcnow
 from tests.serving import Receiver, free_port, verify
 from tests.worker.test_runner import SMALL, add_experiment
 from tests.worker.test_train import EXPLODING
@@ -227,7 +227,7 @@ def test_skip_step_nans_notify_once(sessions, hooks, monkeypatch) -> None:  # no
 
 
 def test_exploding_norm_is_an_event_while_the_run_goes(sessions, hooks) -> None:  # noqa: ANN001
-    from worker.diagnosis import EXPLODING_GRAD_NORM
+    from core.diagnosis import EXPLODING_GRAD_NORM
     from worker.runner import run_experiment
 
     with Receiver(200) as rx:
@@ -240,7 +240,7 @@ def test_exploding_norm_is_an_event_while_the_run_goes(sessions, hooks) -> None:
 
 
 def test_vanishing_profile_is_an_event_with_its_ratio(sessions, hooks) -> None:  # noqa: ANN001
-    from worker.diagnosis import VANISHING_RATIO
+    from core.diagnosis import VANISHING_RATIO
     from worker.runner import run_experiment
 
     # tanh, gain 0.5, T=50: the profile falls by ~1e-15 over the sequence from the first step.
@@ -628,7 +628,7 @@ def test_two_reconcilers_racing_write_one_finished(sessions, hooks) -> None:  # 
     """Reconciler B runs whole between reconciler A's read of the stale row and A's update
     (on SQLite FOR UPDATE locks nothing; on PostgreSQL B skips the locked row): one verdict,
     one `finished` delivery, one worker_lost event."""
-    from api.tables import Event
+    from core.tables import Event
     from worker.reconciler import reconcile
 
     exp_id = stale_running(sessions, hooks, hooks.max_attempts)

@@ -1,6 +1,6 @@
 """Long-memory tasks. Each makes batches time-major, (T, B, features), on the device asked."""
 
-from api.schemas import AddingTask, CopyTask, DigitsTask
+from core.spec import AddingTask, CopyTask, DigitsTask
 from worker.datasets.adding import Adding
 from worker.datasets.base import SequenceTask
 from worker.datasets.copy import CopyMemory

@@ -1,6 +1,6 @@
 """Instruments: each watches one quantity. `default_instruments` is what a run gets."""
 
-from api.schemas import ExperimentCreate
+from core.spec import OPTIONAL_INSTRUMENTS, ExperimentCreate
 from worker.instruments.base import Batch, Instrument, Recorder
 from worker.instruments.clipping import Clipping
 from worker.instruments.exploding import ExplodingAlarm
@@ -13,6 +13,7 @@ from worker.instruments.temporal import TemporalProfile
 from worker.instruments.update_ratio import UpdateRatio
 from worker.instruments.vanishing import VanishingAlarm
 
+# One line per optional instrument, keyed by its name in core.spec.OPTIONAL_INSTRUMENTS.
 OPTIONAL: dict[str, type[Instrument]] = {
     "temporal": TemporalProfile,
     "spectrum": Spectrum,
@@ -25,7 +26,7 @@ OPTIONAL: dict[str, type[Instrument]] = {
 def default_instruments(spec: ExperimentCreate) -> list[Instrument]:
     """Loss, gradient norms and the first non-finite origin always; the others as
     `instrument.on` lists them; an alarm for each running event a webhook subscribes to."""
-    optional = [OPTIONAL[n]() for n in OPTIONAL if n in spec.instrument.on]
+    optional = [OPTIONAL[n]() for n in OPTIONAL_INSTRUMENTS if n in spec.instrument.on]
     events = spec.notify.events if spec.notify is not None else []
     alarms: list[Instrument] = []
     if "exploding" in events:

@@ -1,18 +1,22 @@
-"""The instrument protocol and the recorder they write to.
+"""The instrument protocol: what a hook receives (`Run`, `StepContext`), the `Instrument` base
+class, and the recorder instruments write to.
 
 An instrument watches one quantity. The loop calls its hooks; it writes what it saw to the
 recorder; the recorder is drained in batches (to the database, or to memory in tests)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from core.spec import ExperimentCreate
+from models import RecurrentNet, RecurrentOutput
+from worker.datasets import SequenceTask
 
 
 @dataclass
@@ -48,6 +52,39 @@ class Recorder:
             batch.series[name] = (steps, np.asarray(rows, dtype=np.float64).reshape(len(steps), -1))
         self._series, self._events = {}, []
         return batch
+
+
+@dataclass
+class StepContext:
+    """One training step as the hooks see it: the forward pass's output and prediction, the
+    loss, and (after backward) the global gradient norm and what the loop did with the step."""
+
+    step: int
+    output: RecurrentOutput
+    pred: Tensor
+    loss: Tensor
+    loss_value: float = math.nan
+    accuracy: float | None = None
+    grad_norm: Tensor | None = None  # global L2 norm before clipping
+    grad_norm_value: float = math.nan
+    finite: bool = True
+    clipped: bool = False
+    skipped: bool = False
+
+
+@dataclass
+class Run:
+    """What instruments may look at: the spec, the task, the network and optimiser, where and
+    in which dtype it runs, the recorder to write to, and whether this step is instrumented."""
+
+    spec: ExperimentCreate
+    task: SequenceTask
+    model: RecurrentNet
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dtype: torch.dtype
+    recorder: Recorder = field(default_factory=Recorder)
+    instrumented: bool = False
 
 
 class Instrument:

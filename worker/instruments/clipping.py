@@ -5,14 +5,11 @@ not rewrite it), not assumed from max_norm."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from worker.instruments.base import Instrument
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from worker.instruments.base import Instrument, Run, StepContext
 
 
 class Clipping(Instrument):

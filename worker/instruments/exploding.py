@@ -7,13 +7,8 @@ Only added to a run whose spec subscribes `exploding` (see default_instruments).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from worker.diagnosis import EXPLODING_GRAD_NORM
-from worker.instruments.base import Instrument
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from core.diagnosis import EXPLODING_GRAD_NORM
+from worker.instruments.base import Instrument, Run, StepContext
 
 
 class ExplodingAlarm(Instrument):

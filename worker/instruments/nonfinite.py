@@ -3,13 +3,10 @@ event goes to the database with the batch it was recorded in). Costs nothing on 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from worker.instruments.base import Instrument
+from worker.instruments.base import Instrument, Run, StepContext
 from worker.nan_origin import locate_nonfinite
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
 
 
 class FirstNonfinite(Instrument):

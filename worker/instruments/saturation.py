@@ -8,16 +8,13 @@ Leaky ReLU, ELU and linear units neither saturate nor die and get no series."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from worker.instruments.adjoint import gates, layer_kind
-from worker.instruments.base import Instrument
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from worker.instruments.base import Instrument, Run, StepContext
 
 TANH_BOUND = 0.99  # |tanh| beyond this: derivative below 0.02
 SIGMOID_MARGIN = 0.01  # sigmoid within this of 0 or 1: derivative below ~0.01

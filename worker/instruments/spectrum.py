@@ -6,15 +6,12 @@ radius is what powers of W_hh alone grow or shrink by in the long run."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from worker.instruments.base import Instrument
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from worker.instruments.base import Instrument, Run, StepContext
 
 BLOCKS = {1: ("hh",), 3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}
 

@@ -9,17 +9,14 @@ layers with `step()`. Series `temporal/{layer}`: a vector of T values per instru
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
+from core.diagnosis import profile_evidence
 from models import RecurrentOutput
-from worker.diagnosis import profile_evidence
 from worker.instruments.adjoint import hidden_adjoint
-from worker.instruments.base import Instrument
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from worker.instruments.base import Instrument, Run, StepContext
 
 
 def retain(output: RecurrentOutput) -> None:

@@ -4,15 +4,12 @@ while later ones do. A parameter that starts at zero (a bias) has ratio inf unti
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from worker.instruments.base import Instrument
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
+from worker.instruments.base import Instrument, Run, StepContext
 
 
 class UpdateRatio(Instrument):

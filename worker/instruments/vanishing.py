@@ -9,14 +9,9 @@ the host at instrumented steps only, and only in runs that subscribe `vanishing`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from worker.diagnosis import MIN_SEQ_LEN, VANISHING_RATIO
-from worker.instruments.base import Instrument
+from core.diagnosis import MIN_SEQ_LEN, VANISHING_RATIO
+from worker.instruments.base import Instrument, Run, StepContext
 from worker.instruments.temporal import TemporalProfile
-
-if TYPE_CHECKING:
-    from worker.train import Run, StepContext
 
 
 class VanishingAlarm(Instrument):

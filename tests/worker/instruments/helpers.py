@@ -4,7 +4,7 @@ from typing import Any
 
 import torch
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from worker.instruments.base import Instrument
 
 

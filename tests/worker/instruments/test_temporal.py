@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from api.schemas import ExperimentCreate
+from core.spec import ExperimentCreate
 from models import RecurrentNet, init_recurrent_net
 from worker.instruments.adjoint import hidden_adjoint
 from worker.instruments.temporal import TemporalProfile, profiles, retain

@@ -2,9 +2,9 @@
 
 import pytest
 
-from api.problems import Problem
-from api.schemas import MAX_SWEEP_EXPERIMENTS, SweepCreate
-from api.sweeps import aggregate, effects, expand, rank_key, resolve
+from core.errors import Problem
+from core.spec import MAX_SWEEP_EXPERIMENTS, SweepCreate
+from core.sweeps import aggregate, effects, expand, rank_key, resolve
 
 BIG = 1e30
 

@@ -12,7 +12,7 @@ from celery import Celery
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from api.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 RUN_EXPERIMENT = "gradlab.run_experiment"
 

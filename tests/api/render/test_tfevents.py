@@ -1,4 +1,4 @@
-"""api.tfevents: the CRC32C against published vectors and TensorBoard's own implementation,
+"""api.render.tfevents: the CRC32C against published vectors and TensorBoard's own implementation,
 the record framing through TensorBoard's record reader (which checks both CRCs), and the
 protobuf bytes through the real protobuf classes."""
 
@@ -15,7 +15,15 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow as tb_records
 
-from api.tfevents import ScalarWriter, crc32c, event, masked_crc32c, record, scalar_summary, varint
+from api.render.tfevents import (
+    ScalarWriter,
+    crc32c,
+    event,
+    masked_crc32c,
+    record,
+    scalar_summary,
+    varint,
+)
 
 
 def test_crc32c_known_vectors() -> None:
@@ -109,7 +117,7 @@ def test_writer_is_the_same_bytes_as_the_plain_encoders(tmp_path: Path) -> None:
 
 def test_the_export_needs_neither_tensorboard_nor_protobuf() -> None:
     code = (
-        "import sys, api.main, api.routes.export, api.tfevents; "
+        "import sys, api.main, api.routes.export, api.render.tfevents; "
         "bad = {'tensorboard', 'tensorflow', 'torch', 'google.protobuf'} & set(sys.modules); "
         "assert not bad, bad"
     )

@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.presets import PRESETS
-from api.problems import Problem, field_error, field_errors, invalid_field
-from api.schemas import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
-from api.tables import TERMINAL
+from core.errors import Problem, field_error, field_errors, invalid_field
+from core.presets import PRESETS
+from core.spec import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
+from core.status import TERMINAL
 
 VARIANT = "variant"
 

@@ -1,4 +1,4 @@
-"""Apply the Alembic migrations to a database: `python -m api.migrate` (the URL from
+"""Apply the Alembic migrations to a database: `python -m core.migrate` (the URL from
 DATABASE_URL), or `upgrade(url)` from code (tests, benchmarks, the embedded launcher)."""
 
 from pathlib import Path

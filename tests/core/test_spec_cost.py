@@ -1,8 +1,8 @@
-"""The compute-budget estimate of a spec (api/schemas.py: estimated_cost)."""
+"""The compute-budget estimate of a spec (core/spec.py: estimated_cost)."""
 
 import pytest
 
-from api.schemas import ExperimentCreate, estimated_cost, seq_len_of
+from core.spec import ExperimentCreate, estimated_cost, seq_len_of
 
 
 def cost_of(**spec: object) -> float:
@@ -40,7 +40,7 @@ def test_cost_scales_with_each_factor() -> None:
 
 
 def test_default_spec_is_within_the_default_budget() -> None:
-    from api.settings import Settings
+    from core.settings import Settings
 
     assert cost_of() < Settings().max_cost
     biggest = {

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     flush_every_steps: int = Field(200, ge=1)
     flush_every_s: float = Field(2.0, gt=0)
 
-    # A cap on what one spec may cost (see api/schemas.py: estimated_cost).
+    # A cap on what one spec may cost (see core/spec.py: estimated_cost).
     max_cost: float = Field(5e13, gt=0)
 
     # Per API key: requests per second (token bucket, per API process), and how many of its

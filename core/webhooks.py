@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from api.tables import TERMINAL, Experiment, WebhookDelivery, as_utc, utcnow
+from core.status import TERMINAL
+from core.tables import Experiment, WebhookDelivery, as_utc, utcnow
 
 Resolver = Callable[..., list[tuple[Any, ...]]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

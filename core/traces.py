@@ -4,7 +4,7 @@ values per step. Decoding uses the standard library only (the API has no numpy).
 import sys
 from array import array
 
-from api.tables import SeriesChunk
+from core.tables import SeriesChunk
 
 STEP_DTYPE, VALUE_DTYPE = "<i8", "<f8"  # numpy names, used by the worker to pack
 

@@ -118,7 +118,8 @@ PLOT_CAPTIONS = {
 def experiment_page(
     view: dict[str, Any], images: dict[str, bytes], events: list[dict[str, Any]]
 ) -> str:
-    """`view`: the experiment resource (api.views.experiment_view); `images`: plot name -> PNG."""
+    """`view`: the experiment resource (api.serializers.experiment_view); `images`: plot name
+    -> PNG."""
     name = view.get("name") or view["id"]
     diagnosis = view.get("diagnosis") or {}
     progress = view.get("progress") or {}

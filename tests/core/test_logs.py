@@ -1,7 +1,7 @@
 import json
 import logging
 
-from api.logs import JsonFormatter, bound_request_id, request_id
+from core.logs import JsonFormatter, bound_request_id, request_id
 
 
 def test_json_formatter_keeps_extras_and_the_request_id() -> None:

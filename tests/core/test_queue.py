@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from api.queue import RUN_EXPERIMENT, RedisBell, enqueue, get_bell, get_celery
+from core.queue import RUN_EXPERIMENT, RedisBell, enqueue, get_bell, get_celery
 from tests.conftest import Backend, clear_caches, empty_tables, make_backend
 
 
@@ -88,9 +88,9 @@ def test_a_post_with_redis_hung_is_stored_and_answered_within_seconds(
 
     from fastapi.testclient import TestClient
 
-    from api.auth import create_key
-    from api.db import get_sessionmaker
     from api.main import create_app
+    from core.db import get_sessionmaker
+    from core.keys import create_key
 
     backend = make_backend("postgres", request, tmp_path)
     hung = socket.socket()  # the kernel completes connections to it; nothing ever answers

@@ -1,13 +1,12 @@
 """Engine and session factory for PostgreSQL or the embedded SQLite file."""
 
-from collections.abc import AsyncIterator
 from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import get_settings
+from core.settings import get_settings
 
 
 def make_engine(url: str) -> Engine:
@@ -44,14 +43,3 @@ def get_read_engine() -> Engine:
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
-
-
-async def get_session() -> AsyncIterator[Session]:
-    """FastAPI dependency: one session per request. An async generator on purpose: making a
-    Session does no I/O (it connects on first use, inside the route's thread), and FastAPI
-    would otherwise run a sync generator's enter and exit on the threadpool: two hops a request."""
-    session = get_sessionmaker()()
-    try:
-        yield session
-    finally:
-        session.close()

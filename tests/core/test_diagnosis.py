@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from api.schemas import ExperimentCreate
-from worker import diagnosis as D
-from worker.diagnosis import diagnose, profile_evidence
+from core import diagnosis as D
+from core.diagnosis import diagnose, profile_evidence
+from core.spec import ExperimentCreate
 from worker.instruments import default_instruments
 from worker.train import train
 

@@ -18,8 +18,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-TERMINAL = frozenset({"succeeded", "diverged", "failed", "cancelled"})
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
