@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.db import get_read_engine
 from core.logs import request_id
+from core.status import STATUSES
 from core.tables import Experiment
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -58,7 +59,6 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-STATUSES = ("queued", "running", "succeeded", "diverged", "failed", "cancelled")
 
 
 class DatabaseCollector(Collector):
@@ -90,7 +90,7 @@ class DatabaseCollector(Collector):
                         table.c.heartbeat_at,
                     ).where(table.c.status == "running")
                 ).all()
-        except Exception:  # noqa: BLE001 (a scrape must answer while the database is down)
+        except Exception:
             log.warning("metrics: database unreadable", exc_info=True)
             up.add_metric([], 0)
             yield up

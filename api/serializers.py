@@ -1,8 +1,10 @@
-"""Rows -> JSON: the experiment resource."""
+"""Rows -> JSON: the experiment and sweep resources."""
 
 from typing import Any
 
-from core.tables import Experiment, as_utc
+from core.status import TERMINAL
+from core.sweeps import aggregate, effects, rank_key
+from core.tables import Experiment, Sweep, as_utc
 
 
 def experiment_view(row: Experiment) -> dict[str, Any]:
@@ -32,4 +34,50 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
             "cancel": f"{base}/cancel",
             "webhooks": f"{base}/webhooks",
         },
+    }
+
+
+def sweep_view(sweep: Sweep, rows: list[Experiment]) -> dict[str, Any]:
+    """The sweep resource from its row and its experiments' rows (in the order made)."""
+    grid: dict[str, list[Any]] = sweep.request["grid"]
+    views = [experiment_view(r) for r in rows]
+    points: dict[str, dict[str, Any]] = {}
+    for view, row in zip(views, rows, strict=True):
+        params = row.sweep_params or {}
+        key = repr(sorted(params.items(), key=lambda kv: kv[0]))
+        point = points.setdefault(key, {"params": params, "experiments": [], "_runs": []})
+        point["experiments"].append(view["id"])
+        point["_runs"].append(view)
+    ordered = list(points.values())
+    for p in ordered:
+        p["stats"] = aggregate(p["_runs"])
+    for rank, p in enumerate(sorted(ordered, key=lambda p: rank_key(p["stats"])), start=1):
+        p["rank"] = rank
+    counts: dict[str, int] = {}
+    for v in views:
+        counts[v["status"]] = counts.get(v["status"], 0) + 1
+    finished = sum(n for s, n in counts.items() if s in TERMINAL)
+    status = (
+        "finished"
+        if finished == len(views)
+        else ("queued" if counts.get("queued") == len(views) else "running")
+    )
+    effect_rows = effects(ordered, grid)
+    for p in ordered:
+        del p["_runs"]
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "preset": sweep.request.get("preset"),
+        "created_at": as_utc(sweep.created_at),
+        "status": status,
+        "experiments": len(views),
+        "counts": counts,
+        "grid": {
+            k: [v.get("label", v) if k == "variant" else v for v in vs] for k, vs in grid.items()
+        },
+        "seeds": sweep.request["seeds"],
+        "points": ordered,
+        "ranking": [p["params"] for p in sorted(ordered, key=lambda p: p["rank"])],
+        "effects": effect_rows,
     }

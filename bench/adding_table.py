@@ -57,7 +57,7 @@ def verdict(spec: Any, result: Any) -> str:
         return "n/a"
     try:
         d = diagnose(result.summary, spec.model_dump(mode="json"), result.status)
-    except Exception as exc:  # noqa: BLE001 - a table row, not a crash
+    except Exception as exc:
         return f"n/a ({type(exc).__name__})"
     return str(d.get("verdict", "n/a")) if isinstance(d, dict) else str(d)
 

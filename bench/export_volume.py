@@ -27,6 +27,7 @@ import api.render.tfevents  # noqa: E402
 from api.main import create_app  # noqa: E402
 from api.render.tfevents import ScalarWriter  # noqa: E402
 from api.routes.export import scalar_series, tensorboard_tag  # noqa: E402
+from core import lifecycle  # noqa: E402
 from core.db import get_engine, get_sessionmaker  # noqa: E402
 from core.keys import create_key  # noqa: E402
 from core.tables import Base, Experiment  # noqa: E402
@@ -41,7 +42,7 @@ PARAMS = (
 )
 
 
-def batches(rng: np.random.Generator):  # noqa: ANN201
+def batches(rng: np.random.Generator):
     for first in range(0, STEPS, FLUSH):
         train_steps = list(range(first, first + FLUSH))
         steps = train_steps[::EVERY]
@@ -70,7 +71,7 @@ def python_crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def write_events(series: list) -> bytes:  # noqa: ANN001
+def write_events(series: list) -> bytes:
     out = io.BytesIO()
     w = ScalarWriter(out, 1.7e9)
     for name, steps, values in series:
@@ -103,7 +104,7 @@ def main() -> None:
         with sessions() as s:
             assert store.write_batch(s, exp_id, 1, batch, step)
     with sessions() as s:
-        store.finish(s, exp_id, 1, "succeeded", summary={}, progress_step=STEPS)
+        lifecycle.finish(s, exp_id, 1, "succeeded", summary={}, progress_step=STEPS)
         s.commit()
     series = list(scalar_series(exp_id, 1, None))
     points = sum(len(steps) for _, steps, _ in series)

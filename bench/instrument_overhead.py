@@ -42,7 +42,7 @@ def make_spec(cell: str, t: int, steps: int, hidden: int, batch: int) -> Experim
     )
 
 
-def timed(fn, spec: ExperimentCreate) -> tuple[float, float]:  # noqa: ANN001
+def timed(fn, spec: ExperimentCreate) -> tuple[float, float]:
     """(wall ms, CPU ms) per training step of fn(spec)."""
     w, c = time.perf_counter(), time.process_time()
     fn(spec)

@@ -131,7 +131,7 @@ def service(n_workers: int, threads_per_worker: int = 1) -> Iterator[tuple[objec
                 w.wait(30)
 
 
-def wait_sweep(client, sweep_id: str, timeout: float = 3600) -> dict:  # noqa: ANN001
+def wait_sweep(client, sweep_id: str, timeout: float = 3600) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         body = client.get(f"/v1/sweeps/{sweep_id}").json()

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from api.main import create_app  # noqa: E402
+from core import lifecycle  # noqa: E402
 from core.db import get_engine, get_sessionmaker  # noqa: E402
 from core.keys import create_key  # noqa: E402
 from core.tables import Base, Experiment, SeriesChunk  # noqa: E402
@@ -46,7 +47,7 @@ PARAMS = [
 ]
 
 
-def batches(rng: np.random.Generator):  # noqa: ANN201
+def batches(rng: np.random.Generator):
     """What the worker's recorder drains every FLUSH training steps."""
     per = FLUSH // EVERY
     decay = 0.99 ** np.arange(T)[::-1]  # (T,): a profile decaying back in time
@@ -63,7 +64,7 @@ def batches(rng: np.random.Generator):  # noqa: ANN201
         yield Batch(series=series), train_steps[-1] + 1
 
 
-def db_size(session) -> str:  # noqa: ANN001
+def db_size(session) -> str:
     payload = session.scalar(
         select(func.sum(func.length(SeriesChunk.values) + func.length(SeriesChunk.steps)))
     )
@@ -97,7 +98,7 @@ def main() -> None:
         per_batch.append(time.perf_counter() - t)
     write = time.perf_counter() - t0
     with sessions() as s:
-        store.finish(s, exp_id, 1, "succeeded", summary={}, progress_step=STEPS * EVERY)
+        lifecycle.finish(s, exp_id, 1, "succeeded", summary={}, progress_step=STEPS * EVERY)
         size = db_size(s)
         s.commit()
     print(f"database: {URL.split('://')[0]}")

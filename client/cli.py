@@ -50,7 +50,7 @@ def _write(data: bytes | str, out: str) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
-def _progress(quiet: bool):  # noqa: ANN202
+def _progress(quiet: bool):
     last: list[Any] = [None]
 
     def show(exp: dict[str, Any]) -> None:
@@ -63,7 +63,7 @@ def _progress(quiet: bool):  # noqa: ANN202
     return show
 
 
-def _sweep_progress(quiet: bool):  # noqa: ANN202
+def _sweep_progress(quiet: bool):
     last: list[Any] = [None]
 
     def show(sweep: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ def make_engine(url: str) -> Engine:
 
         # WAL lets the API read while the worker writes; busy_timeout rides out short locks.
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")

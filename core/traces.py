@@ -1,12 +1,53 @@
-"""The packed format of stored series: little-endian int64 steps and float64 values, `width`
-values per step. Decoding uses the standard library only (the API has no numpy)."""
+"""The stored traces: the only code that knows `SeriesChunk` and its byte layout.
+
+A series is stored in chunks, each holding the steps of one flushed batch as little-endian
+int64 and their values as little-endian float64, `width` values a step (1 for a scalar series,
+T for a temporal profile). Writing takes the worker's numpy arrays as they are (no numpy import
+here: `ndarray.astype` does the packing); reading uses the standard library only, since the API
+has no numpy."""
 
 import sys
 from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from core.tables import SeriesChunk
 
-STEP_DTYPE, VALUE_DTYPE = "<i8", "<f8"  # numpy names, used by the worker to pack
+STEP_DTYPE, VALUE_DTYPE = "<i8", "<f8"  # numpy names of the stored layout
+
+
+def chunk_row(
+    experiment_id: str, attempt: int, name: str, steps: Sequence[int], values: Any
+) -> SeriesChunk:
+    """One chunk of series `name`: `values` a numpy array of shape (len(steps), width)."""
+    return SeriesChunk(
+        experiment_id=experiment_id,
+        attempt=attempt,
+        name=name,
+        first_step=steps[0],
+        width=values.shape[1],
+        steps=_pack("q", steps),
+        values=values.astype(VALUE_DTYPE, order="C", copy=False).tobytes(),
+    )
+
+
+def delete_earlier_attempts(session: Session, experiment_id: str, attempt: int) -> None:
+    """A failed attempt's partial traces are not mixed with the next one's."""
+    session.execute(
+        delete(SeriesChunk).where(
+            SeriesChunk.experiment_id == experiment_id, SeriesChunk.attempt < attempt
+        )
+    )
+
+
+def _pack(code: str, items: Sequence[int]) -> bytes:
+    a = array(code, items)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()
 
 
 def _unpack(code: str, raw: bytes) -> array:
@@ -14,6 +55,68 @@ def _unpack(code: str, raw: bytes) -> array:
     if sys.byteorder != "little":
         a.byteswap()
     return a
+
+
+def _of_attempt(row: Any) -> tuple:
+    return (SeriesChunk.experiment_id == row.id, SeriesChunk.attempt == row.attempt)
+
+
+def load_series(session: Session, row: Any, names: Iterable[str]) -> dict[str, list[SeriesChunk]]:
+    """The chunks of each named series of `row`'s current attempt ([] for a series not there)."""
+    names = list(names)
+    chunks = session.scalars(
+        select(SeriesChunk).where(*_of_attempt(row), SeriesChunk.name.in_(names))
+    )
+    out: dict[str, list[SeriesChunk]] = {n: [] for n in names}
+    for c in chunks:
+        out[c.name].append(c)
+    return out
+
+
+def load_prefixed(session: Session, row: Any, prefix: str) -> dict[str, list[SeriesChunk]]:
+    """The chunks of every series of `row`'s current attempt whose name starts with `prefix`."""
+    chunks = session.scalars(
+        select(SeriesChunk).where(
+            *_of_attempt(row), SeriesChunk.name.startswith(prefix, autoescape=True)
+        )
+    )
+    out: dict[str, list[SeriesChunk]] = {}
+    for c in chunks:
+        out.setdefault(c.name, []).append(c)
+    return out
+
+
+def iter_scalar_chunks(
+    session: Session, experiment_id: str, attempt: int, prefix: str | None
+) -> Iterator[SeriesChunk]:
+    """Every scalar (width 1) chunk of an attempt, by name then step, fetched in batches."""
+    q = select(SeriesChunk).where(
+        SeriesChunk.experiment_id == experiment_id,
+        SeriesChunk.attempt == attempt,
+        SeriesChunk.width == 1,
+    )
+    if prefix:
+        q = q.where(SeriesChunk.name.startswith(prefix, autoescape=True))
+    q = q.order_by(SeriesChunk.name, SeriesChunk.first_step)
+    yield from session.scalars(q.execution_options(yield_per=200))
+
+
+def chunks_after(
+    session: Session, experiment_id: str, attempt: int, names: Iterable[str], after_id: int
+) -> list[SeriesChunk]:
+    """Chunks of the named series stored after chunk `after_id`, in the order they were stored."""
+    return list(
+        session.scalars(
+            select(SeriesChunk)
+            .where(
+                SeriesChunk.experiment_id == experiment_id,
+                SeriesChunk.attempt == attempt,
+                SeriesChunk.name.in_(list(names)),
+                SeriesChunk.id > after_id,
+            )
+            .order_by(SeriesChunk.id)
+        )
+    )
 
 
 def unpack(chunk: SeriesChunk) -> tuple[list[int], list[list[float]]]:
@@ -30,4 +133,15 @@ def concat(chunks: list[SeriesChunk]) -> tuple[list[int], list[float]]:
     for c in sorted(chunks, key=lambda c: c.first_step):
         steps.extend(_unpack("q", c.steps).tolist())
         values.extend(_unpack("d", c.values).tolist())
+    return steps, values
+
+
+def rows(chunks: list[SeriesChunk]) -> tuple[list[int], list[list[float]]]:
+    """A vector series (one row of `width` values per step) from its chunks, in step order."""
+    steps: list[int] = []
+    values: list[list[float]] = []
+    for c in sorted(chunks, key=lambda c: c.first_step):
+        s, v = unpack(c)
+        steps.extend(s)
+        values.extend(v)
     return steps, values

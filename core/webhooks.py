@@ -15,12 +15,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as LookupTimeout
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from core.errors import invalid_field
 from core.status import TERMINAL
 from core.tables import Experiment, WebhookDelivery, as_utc, utcnow
+
+if TYPE_CHECKING:
+    from core.spec import ExperimentCreate
 
 Resolver = Callable[..., list[tuple[Any, ...]]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -111,6 +115,24 @@ def url_refused(
     if allow_private:
         return parse(url)[1]
     return resolve_url(url, allow_private, resolve, timeout)[1]
+
+
+def check_notify(
+    spec: ExperimentCreate, allow_private: bool, point: dict[str, Any] | None = None
+) -> None:
+    """422 naming `notify.url` when the webhook URL may not be called (a loopback, private or
+    reserved address, or a name that does not resolve), unless `allow_private`; naming
+    `notify.events` when `vanishing` is asked for without the temporal instrument. `point`:
+    the sweep's grid point the spec came from, named in the problem."""
+    if spec.notify is None:
+        return
+    extra = {} if point is None else {"point": point}
+    if "vanishing" in spec.notify.events and "temporal" not in spec.instrument.on:
+        reason = "the 'vanishing' event is read from the temporal profile: add 'temporal' to on"
+        raise invalid_field(reason, "notify.events", reason, "value", **extra)
+    reason = url_refused(spec.notify.url, allow_private)
+    if reason is not None:
+        raise invalid_field(reason, "notify.url", reason, "url", "Webhook URL refused", **extra)
 
 
 def iso(dt: datetime | None) -> str | None:

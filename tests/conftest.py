@@ -46,7 +46,7 @@ def pg_url() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("PostgreSQL", exc)
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     migrate(url)
@@ -68,7 +68,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("Redis", exc)
     return REDIS_URL
 
@@ -171,7 +171,7 @@ def api_key(settings: settings_mod.Settings) -> Callable[[str], str]:
 
 
 @pytest.fixture
-def anonymous(settings: settings_mod.Settings):  # noqa: ANN201
+def anonymous(settings: settings_mod.Settings):
     """A client with no credentials."""
     from fastapi.testclient import TestClient
 
@@ -182,14 +182,14 @@ def anonymous(settings: settings_mod.Settings):  # noqa: ANN201
 
 
 @pytest.fixture
-def client(anonymous, api_key):  # noqa: ANN001, ANN201
+def client(anonymous, api_key):
     """A client with a valid key of owner `tester`."""
     anonymous.headers["Authorization"] = f"Bearer {api_key('tester')}"
     return anonymous
 
 
 @pytest.fixture
-def sessions(settings: settings_mod.Settings):  # noqa: ANN201
+def sessions(settings: settings_mod.Settings):
     return db.get_sessionmaker()
 
 

@@ -58,7 +58,7 @@ def uvicorn(env: dict[str, str], log_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def worker_thread(sessions) -> Iterator[list[str]]:  # noqa: ANN001
+def worker_thread(sessions) -> Iterator[list[str]]:
     """Runs every queued experiment, one at a time, until the block ends; yields the ids run."""
     from core.tables import Experiment
     from worker.runner import run_experiment
@@ -101,7 +101,7 @@ class Receiver:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer.lock:
                     outer.received.append((dict(self.headers.items()), body))

@@ -63,3 +63,16 @@ def imported_packages(folder: str) -> dict[str, set[str]]:
 def test_no_file_imports_across_a_boundary(folder: str, forbidden: set[str]) -> None:
     crossing = {f: sorted(n & forbidden) for f, n in imported_packages(folder).items()}
     assert {f: n for f, n in crossing.items() if n} == {}
+
+
+def test_route_modules_do_not_import_each_other() -> None:
+    routes = imported_packages("api/routes")
+    for path in (ROOT / "api" / "routes").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        siblings = [
+            n.module
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("api.routes")
+        ]
+        assert siblings == [], f"{path.name} imports {siblings}"
+    assert routes  # the folder was read

@@ -17,12 +17,12 @@ def config(url: str) -> Config:
     return cfg
 
 
-def test_models_match_migrations(backend) -> None:  # noqa: ANN001
+def test_models_match_migrations(backend) -> None:
     # `backend`'s database was migrated to head by the fixtures; check finds no difference.
     command.check(config(backend.database_url))
 
 
-def test_downgrade_to_base_and_back(tmp_path) -> None:  # noqa: ANN001
+def test_downgrade_to_base_and_back(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/m.sqlite"
     cfg = config(url)
     command.upgrade(cfg, "head")

@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from core import lifecycle
 from core.db import get_sessionmaker
 from core.diagnosis import diagnose
 from core.logs import RequestIdThread, bound_request_id
+from core.loops import LoopThread
 from core.settings import Settings, get_settings
 from core.spec import ExperimentCreate
 from core.tables import Experiment
@@ -35,7 +37,7 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Heartbeat(RequestIdThread):
+class Heartbeat(LoopThread):
     """Beats while the run goes, independent of how long a training step takes; learns of a
     cancel request, or that the reconciler has given the attempt to another worker."""
 
@@ -47,40 +49,36 @@ class Heartbeat(RequestIdThread):
         cancel_poll: float,
         hard_deadline: float = math.inf,
     ) -> None:
-        super().__init__("heartbeat")
-        self.hard_deadline = hard_deadline  # time.monotonic() past which the process must go
-        self.experiment_id, self.attempt, self.interval = experiment_id, attempt, interval
         # A cancel is looked for more often than the row is written: a read is cheap.
-        self.poll = min(cancel_poll, interval)
+        super().__init__("heartbeat", min(cancel_poll, interval), log)
+        self.hard_deadline = hard_deadline  # time.monotonic() past which the process must go
+        self.experiment_id, self.attempt, self.beat_every = experiment_id, attempt, interval
         self.stop_training = threading.Event()
         self.reason: str | None = None
-        self._done = threading.Event()
+        self._last_beat = time.monotonic()
 
-    def work(self) -> None:
-        last_beat = time.monotonic()
-        while not self._done.wait(self.poll):
-            if time.monotonic() > self.hard_deadline:
-                self.hard_limit()
-            try:
-                with get_sessionmaker()() as s:
-                    if time.monotonic() - last_beat >= self.interval:
-                        ours, cancel = store.heartbeat(s, self.experiment_id, self.attempt)
-                        last_beat = time.monotonic()
-                    else:
-                        ours, cancel = True, store.cancel_requested(s, self.experiment_id)
-            except Exception:  # the database may be restarting: keep training, beat again
-                log.warning("heartbeat failed for %s", self.experiment_id, exc_info=True)
-                continue
-            if not ours or cancel:
-                self.reason = "cancelled" if cancel else "lost"
-                self.stop_training.set()
+    def round(self) -> bool:
+        """A database that is restarting makes the round raise: training goes on, and the
+        next round beats again."""
+        if time.monotonic() > self.hard_deadline:
+            self.hard_limit()
+        with get_sessionmaker()() as s:
+            if time.monotonic() - self._last_beat >= self.beat_every:
+                ours, cancel = lifecycle.heartbeat(s, self.experiment_id, self.attempt)
+                self._last_beat = time.monotonic()
+            else:
+                ours, cancel = True, lifecycle.cancel_requested(s, self.experiment_id)
+        if not ours or cancel:
+            self.reason = "cancelled" if cancel else "lost"
+            self.stop_training.set()
+        return False
 
     def hard_limit(self) -> None:
         """A step ran past the hard limit: no Python-level way to stop it, so record the
         verdict and end the process; acks_late plus the failed row keep the task from re-running."""
         log.error("experiment %s passed its hard time limit; exiting", self.experiment_id)
         with contextlib.suppress(Exception), get_sessionmaker()() as s:
-            store.finish(
+            lifecycle.finish(
                 s,
                 self.experiment_id,
                 self.attempt,
@@ -88,9 +86,6 @@ class Heartbeat(RequestIdThread):
                 error={"type": "time_limit", "message": "hard time limit: a step never ended"},
             )
         os._exit(70)
-
-    def stop(self) -> None:
-        self._done.set()
 
 
 def with_retries(fn: Callable[[], T], what: str, budget_s: float = 120.0) -> T:
@@ -150,7 +145,7 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     with get_sessionmaker()() as s:
-        row = store.claim(s, experiment_id, worker_name(settings))
+        row = lifecycle.claim(s, experiment_id, worker_name(settings))
     if row is None:
         log.info("experiment %s is not queued; nothing to do", experiment_id)
         return None
@@ -221,13 +216,13 @@ def _run_claimed(row: Experiment, settings: Settings) -> str | None:
             "traceback": traceback.format_exc()[-4000:],
         }
     finally:
-        beat.stop()
+        beat.stop(join_s=None)  # a round in progress may be a slow database call
         writer.close()
     diagnosis = None if summary is None else diagnose(summary, row.spec, status)
 
     def store_result() -> bool:
         with get_sessionmaker()() as s:
-            return store.finish(
+            return lifecycle.finish(
                 s,
                 experiment_id,
                 attempt,

@@ -1,80 +1,20 @@
-"""Every database write the worker makes. Writes that finish an attempt are conditional on
-the row still being that attempt's, so a worker presumed dead cannot overwrite its retry."""
+"""The worker's trace writes: a flushed batch (series chunks, events, the webhook deliveries
+they trigger) stored with the attempt's progress, conditional on the row still being that
+attempt's. Status changes are core/lifecycle.py's."""
 
-import math
 from typing import Any
 
-import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.tables import Event, Experiment, SeriesChunk, WebhookDelivery, utcnow
-from core.traces import STEP_DTYPE, VALUE_DTYPE
-from core.webhooks import delivery, subscribed, terminal_delivery
+from core.lifecycle import json_safe, record_progress
+from core.tables import Event, Experiment, WebhookDelivery, utcnow
+from core.traces import chunk_row
+from core.webhooks import delivery, subscribed
 from worker.instruments.base import Batch
 
 # Loop events that a spec's notify.events may subscribe to: event kind -> webhook event.
 NOTIFIED_EVENTS = {"nonfinite": "nan", "exploding": "exploding", "vanishing": "vanishing"}
-
-
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN or Infinity (PostgreSQL refuses them): they are stored as the strings
-    "nan", "inf" and "-inf", which say more than a null would."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def ours(experiment_id: str, attempt: int) -> tuple:
-    """The rows this attempt may still write: running, and not handed to another attempt."""
-    return (
-        Experiment.id == experiment_id,
-        Experiment.attempt == attempt,
-        Experiment.status == "running",
-    )
-
-
-def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
-    """queued -> running, atomically: of two deliveries of the same message, one wins."""
-    now = utcnow()
-    res = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.status == "queued",
-            Experiment.cancel_requested.is_(False),
-        )
-        .values(
-            status="running",
-            attempt=Experiment.attempt + 1,
-            worker=worker,
-            started_at=now,
-            heartbeat_at=now,
-            progress_step=0,
-        )
-    )
-    if res.rowcount != 1:
-        session.rollback()
-        return None
-    row = session.get(Experiment, experiment_id, populate_existing=True)
-    assert row is not None
-    # A failed attempt's partial traces are not mixed with this one's; the record of why it
-    # was retried stays.
-    stale = (SeriesChunk.experiment_id == experiment_id, SeriesChunk.attempt < row.attempt)
-    session.execute(delete(SeriesChunk).where(*stale))
-    session.execute(
-        delete(Event).where(
-            Event.experiment_id == experiment_id,
-            Event.attempt < row.attempt,
-            Event.kind != "worker_lost",
-        )
-    )
-    session.commit()
-    return row
 
 
 def write_batch(
@@ -91,26 +31,10 @@ def write_batch(
     attempt also becomes a webhook delivery, in the same transaction as the event itself.
     `notified`: the writer's memory of the events this attempt already has a delivery for,
     so later batches neither query nor write them again; updated once the batch is stored."""
-    res = session.execute(
-        update(Experiment)
-        .where(*ours(experiment_id, attempt))
-        .values(progress_step=step, heartbeat_at=utcnow())
-    )
-    if res.rowcount != 1:
-        session.rollback()
+    if not record_progress(session, experiment_id, attempt, step):
         return False
     for name, (steps, values) in batch.series.items():
-        session.add(
-            SeriesChunk(
-                experiment_id=experiment_id,
-                attempt=attempt,
-                name=name,
-                first_step=steps[0],
-                width=values.shape[1],
-                steps=np.asarray(steps, dtype=STEP_DTYPE).tobytes(),
-                values=np.ascontiguousarray(values, dtype=VALUE_DTYPE).tobytes(),
-            )
-        )
+        session.add(chunk_row(experiment_id, attempt, name, steps, values))
     for ev in batch.events:
         session.add(Event(experiment_id=experiment_id, attempt=attempt, **json_safe(ev)))
     done: set[str] = set()
@@ -176,62 +100,3 @@ def add_running_deliveries(
                 )
             )
     return set(firsts)
-
-
-def heartbeat(session: Session, experiment_id: str, attempt: int) -> tuple[bool, bool]:
-    """Returns (still ours, cancel requested)."""
-    res = session.execute(
-        update(Experiment).where(*ours(experiment_id, attempt)).values(heartbeat_at=utcnow())
-    )
-    session.commit()
-    if res.rowcount != 1:
-        return False, False
-    cancel = session.scalar(
-        select(Experiment.cancel_requested).where(Experiment.id == experiment_id)
-    )
-    return True, bool(cancel)
-
-
-def cancel_requested(session: Session, experiment_id: str) -> bool:
-    return bool(
-        session.scalar(select(Experiment.cancel_requested).where(Experiment.id == experiment_id))
-    )
-
-
-def finish(
-    session: Session,
-    experiment_id: str,
-    attempt: int,
-    status: str,
-    *,
-    summary: dict[str, Any] | None = None,
-    diagnosis: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
-    progress_step: int | None = None,
-) -> bool:
-    values: dict[str, Any] = dict(
-        status=status,
-        summary=json_safe(summary),
-        diagnosis=json_safe(diagnosis),
-        error=error,
-        finished_at=utcnow(),
-    )
-    if progress_step is not None:
-        values["progress_step"] = progress_step
-    # RETURNING the spec: the row is read back only when it asks for the `finished` webhook.
-    # The guard lets one finish per attempt through (of the worker, the reconciler and a
-    # cancel, one moves the row out of `running`), so one `finished` delivery per attempt.
-    updated = session.execute(
-        update(Experiment)
-        .where(*ours(experiment_id, attempt))
-        .values(**values)
-        .returning(Experiment.id, Experiment.spec),
-        execution_options={"synchronize_session": False},
-    ).first()
-    done = updated is not None
-    if updated is not None and subscribed(updated.spec, "finished"):
-        row = session.get(Experiment, experiment_id, populate_existing=True)
-        if row is not None and (note := terminal_delivery(row)) is not None:
-            session.add(note)  # the outbox: stored with the final status or not at all
-    session.commit()
-    return done

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import get_sessionmaker
 from core.keyfile import write_private
+from core.loops import LoopThread
 from core.settings import Settings, get_settings
 from core.tables import WebhookDelivery, utcnow
 from core.webhooks import Resolver, resolve_url
@@ -338,27 +339,14 @@ def dispatch_due(
     return made
 
 
-class Dispatcher(threading.Thread):
+class Dispatcher(LoopThread):
     """Rounds of dispatch_due until stopped; a round that sent something is followed at once."""
 
     def __init__(self, poll_s: float | None = None) -> None:
-        super().__init__(daemon=True, name="webhooks")
-        self.poll_s = poll_s
-        self._stop_event = threading.Event()
+        super().__init__("webhooks", lambda: poll_s or get_settings().webhook_poll_s, log)
 
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            sent = 0
-            try:
-                sent = dispatch_due()
-            except Exception:  # a database outage: try again next round
-                log.warning("webhook round failed", exc_info=True)
-            if not sent:
-                self._stop_event.wait(self.poll_s or get_settings().webhook_poll_s)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(10)
+    def round(self) -> bool:
+        return dispatch_due() > 0
 
 
 def start_dispatcher_thread() -> Dispatcher:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from core.traces import STEP_DTYPE, VALUE_DTYPE
+
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
@@ -30,7 +32,7 @@ _LOCK = threading.Lock()
 
 
 @cache
-def _np():  # noqa: ANN202
+def _np():
     import matplotlib
 
     matplotlib.use("Agg")  # no display: a server never opens a window
@@ -94,7 +96,7 @@ def packed_rows(chunks: Sequence[Any], most: int = MAX_ROWS) -> tuple[list[int],
     read in place: a long run's profiles (steps x seq_len floats) are never unpacked whole."""
     np = _np()
     chunks = sorted(chunks, key=lambda c: c.first_step)
-    steps = [np.frombuffer(c.steps, dtype="<i8") for c in chunks]
+    steps = [np.frombuffer(c.steps, dtype=STEP_DTYPE) for c in chunks]
     total = sum(len(s) for s in steps)
     if total == 0:
         return [], np.zeros((0, 0))
@@ -105,7 +107,7 @@ def packed_rows(chunks: Sequence[Any], most: int = MAX_ROWS) -> tuple[list[int],
     for chunk, s in zip(chunks, steps, strict=True):
         mine = keep[(keep >= offset) & (keep < offset + len(s))] - offset
         if mine.size:
-            values = np.frombuffer(chunk.values, dtype="<f8").reshape(len(s), chunk.width)
+            values = np.frombuffer(chunk.values, dtype=VALUE_DTYPE).reshape(len(s), chunk.width)
             out_steps.extend(int(x) for x in s[mine])
             rows.append(values[mine].astype(float))
         offset += len(s)

@@ -1,4 +1,4 @@
-"""/v1/experiments: submit, list, read, traces, events, cancel."""
+"""/v1/experiments: submit, list, read, events, cancel, webhooks. The traces are in traces.py."""
 
 import base64
 import binascii
@@ -6,69 +6,48 @@ import hashlib
 import logging
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Row,
-    Select,
     and_,
-    bindparam,
-    exists,
-    func,
-    insert,
     or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Owner, current_owner
-from api.deps import Thinning, get_session
+from api.deps import Owner, SessionDep, current_owner
 from api.responses import FastJSON
 from api.schemas import EventsRead, ExperimentPage, ExperimentRead
 from api.serializers import experiment_view
 from core.db import get_engine, get_read_engine
 from core.errors import Problem, field_error, invalid_field
+from core.lifecycle import (
+    EXPERIMENTS,
+    cancel_queued,
+    insert_queued,
+    over_cap,
+    queued_values,
+    request_cancel_running,
+)
 from core.logs import request_id
+from core.owned import get_experiment
 from core.queue import enqueue
 from core.settings import get_settings
 from core.spec import ExperimentCreate, estimated_cost
-from core.tables import Event, Experiment, SeriesChunk, WebhookDelivery, as_utc, new_id, utcnow
-from core.traces import concat, unpack
-from core.webhooks import terminal_delivery, url_refused
+from core.status import StatusName
+from core.tables import Event, Experiment, WebhookDelivery, as_utc, utcnow
+from core.webhooks import check_notify
 
 log = logging.getLogger("gradlab.api")
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
-EXPERIMENT_TABLE = Experiment.__table__
-UNSET_AT_SUBMIT = (
-    "sweep_id",
-    "sweep_params",
-    "worker",
-    "started_at",
-    "heartbeat_at",
-    "finished_at",
-    "summary",
-    "diagnosis",
-    "error",
-)
 
 MAX_BODY_BYTES = 64 * 1024
-SessionDep = Annotated[Session, Depends(get_session)]
-StatusName = Literal["queued", "running", "succeeded", "diverged", "failed", "cancelled"]
-
-
-def get_experiment(session: Session, experiment_id: str, owner: str) -> Experiment:
-    """The owner's experiment; another owner's id is 404, as if it did not exist."""
-    row = session.get(Experiment, experiment_id) if len(experiment_id) <= 36 else None
-    if row is None or row.owner != owner:
-        raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
-    return row
 
 
 async def read_spec(request: Request) -> ExperimentCreate:
@@ -98,21 +77,6 @@ async def read_spec(request: Request) -> ExperimentCreate:
             errors=[field_error("train.steps", "over the compute budget", "budget")],
         )
     return spec
-
-
-def check_notify(spec: ExperimentCreate, point: dict[str, Any] | None = None) -> None:
-    """422 naming `notify.url` when the webhook URL may not be called (a loopback, private or
-    reserved address, or a name that does not resolve), unless WEBHOOK_ALLOW_PRIVATE; naming
-    `notify.events` when `vanishing` is asked for without the temporal instrument."""
-    if spec.notify is None:
-        return
-    extra = {} if point is None else {"point": point}
-    if "vanishing" in spec.notify.events and "temporal" not in spec.instrument.on:
-        reason = "the 'vanishing' event is read from the temporal profile: add 'temporal' to on"
-        raise invalid_field(reason, "notify.events", reason, "value", **extra)
-    reason = url_refused(spec.notify.url, get_settings().webhook_allow_private)
-    if reason is not None:
-        raise invalid_field(reason, "notify.url", reason, "url", "Webhook URL refused", **extra)
 
 
 # The body is read by read_spec (any Content-Type), so its schema is declared by hand; the
@@ -176,22 +140,15 @@ def submit(
     cap = get_settings().max_active_per_owner
     now = utcnow()
     row = SimpleNamespace(
-        id=new_id(),
-        status="queued",
-        name=spec.name,
-        tags=spec.tags,
-        owner=owner,
-        spec=normalised,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        request_id=rid,
-        attempt=0,
-        cancel_requested=False,
-        progress_step=0,
-        total_steps=spec.train.steps,
-        created_at=now,
-        enqueued_at=now,
-        **dict.fromkeys(UNSET_AT_SUBMIT),
+        **queued_values(
+            owner,
+            normalised,
+            name=spec.name,
+            tags=spec.tags,
+            request_id=rid,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        )
     )
     existing = None
     if idempotency_key is not None:
@@ -201,17 +158,16 @@ def submit(
         if existing is not None and as_utc(existing.created_at) > now - ttl:
             return _replay(existing, digest)  # a replay is judged by its body, not by DNS now
     # The webhook URL's name is resolved here: in the threadpool, with no connection held.
-    check_notify(spec)
+    check_notify(spec, get_settings().webhook_allow_private)
     with get_engine().connect() as conn:
         if existing is not None:  # expired: the key is free for a new request
             conn.execute(
-                update(EXPERIMENT_TABLE)
-                .where(EXPERIMENT_TABLE.c.id == existing.id)
+                update(EXPERIMENTS)
+                .where(EXPERIMENTS.c.id == existing.id)
                 .values(idempotency_key=None)
             )
         try:
-            stored = conn.execute(INSERT_UNDER_CAP, {**vars(row), "cap_offset": cap - 1})
-            if stored.first() is None:
+            if not insert_queued(conn, vars(row), cap):
                 conn.rollback()
                 raise over_cap(conn, owner, 1, cap)
             conn.commit()
@@ -236,58 +192,11 @@ def submit(
 
 def _by_key(conn: Connection, owner: str, idempotency_key: str | None) -> Row | None:
     return conn.execute(
-        select(EXPERIMENT_TABLE).where(
-            EXPERIMENT_TABLE.c.owner == owner,
-            EXPERIMENT_TABLE.c.idempotency_key == idempotency_key,
+        select(EXPERIMENTS).where(
+            EXPERIMENTS.c.owner == owner,
+            EXPERIMENTS.c.idempotency_key == idempotency_key,
         )
     ).first()
-
-
-def active_rows(owner: Any) -> Select:
-    """The owner's queued or running experiments, in the (owner, status) index."""
-    return select(EXPERIMENT_TABLE.c.id).where(
-        EXPERIMENT_TABLE.c.owner == owner, EXPERIMENT_TABLE.c.status.in_(("queued", "running"))
-    )
-
-
-# The row goes in only when the owner has no cap-th active experiment yet: the cap check and
-# the insert in one statement, one round trip. It asks for the row at OFFSET cap - 1, an index
-# walk that stops there, never a count.
-_OWNER = bindparam("owner", type_=EXPERIMENT_TABLE.c.owner.type)
-INSERT_UNDER_CAP = (
-    insert(EXPERIMENT_TABLE)
-    .from_select(
-        [c.name for c in EXPERIMENT_TABLE.c],
-        select(
-            *(
-                _OWNER if c.name == "owner" else bindparam(c.name, type_=c.type)
-                for c in EXPERIMENT_TABLE.c
-            )
-        ).where(~exists(active_rows(_OWNER).offset(bindparam("cap_offset")).limit(1))),
-    )
-    .returning(EXPERIMENT_TABLE.c.id)
-)  # no row back: over the cap (rowcount is -1 on psycopg)
-
-
-def over_cap(conn: Connection | Session, owner: str, adding: int, cap: int) -> Problem:
-    active = conn.scalar(select(func.count()).select_from(active_rows(owner).subquery()))
-    return Problem(
-        429,
-        "Too many active experiments",
-        f"{active} queued or running; adding {adding} would pass the cap of {cap}",
-        "active-cap",
-        headers={"Retry-After": "30"},
-        active=active,
-        cap=cap,
-    )
-
-
-def check_active_cap(session: Session, owner: str, adding: int) -> None:
-    """429 when the owner's queued + running experiments would pass the cap."""
-    cap = get_settings().max_active_per_owner
-    # Is there a (cap - adding + 1)-th active row? An index walk that stops there, not a count.
-    if session.execute(active_rows(owner).offset(max(cap - adding, 0)).limit(1)).first():
-        raise over_cap(session, owner, adding, cap)
 
 
 def _replay(existing: Experiment | Row, digest: str) -> FastJSON:
@@ -378,175 +287,10 @@ async def read_experiment(experiment_id: str, request: Request) -> FastJSON:
     row = None
     if len(experiment_id) <= 36:
         with get_read_engine().connect() as conn:
-            row = conn.execute(
-                select(EXPERIMENT_TABLE).where(EXPERIMENT_TABLE.c.id == experiment_id)
-            ).first()
+            row = conn.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id)).first()
     if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
     return FastJSON(experiment_view(row))
-
-
-def load_series(
-    session: Session, row: Experiment, names: list[str]
-) -> dict[str, list[SeriesChunk]]:
-    chunks = session.scalars(
-        select(SeriesChunk).where(
-            SeriesChunk.experiment_id == row.id,
-            SeriesChunk.attempt == row.attempt,
-            SeriesChunk.name.in_(names),
-        )
-    ).all()
-    out: dict[str, list[SeriesChunk]] = {n: [] for n in names}
-    for c in chunks:
-        out[c.name].append(c)
-    return out
-
-
-def load_prefixed(session: Session, row: Experiment, prefix: str) -> dict[str, list[SeriesChunk]]:
-    chunks = session.scalars(
-        select(SeriesChunk).where(
-            SeriesChunk.experiment_id == row.id,
-            SeriesChunk.attempt == row.attempt,
-            SeriesChunk.name.startswith(prefix, autoescape=True),
-        )
-    ).all()
-    out: dict[str, list[SeriesChunk]] = {}
-    for c in chunks:
-        out.setdefault(c.name, []).append(c)
-    return out
-
-
-@router.get("/{experiment_id}/metrics")
-def read_metrics(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
-    """Training loss (and accuracy) per step; validation loss (and accuracy) where measured;
-    the learning rate at the instrumented steps."""
-    row = get_experiment(session, experiment_id, owner)
-    series = load_series(session, row, ["loss", "accuracy", "val_loss", "val_accuracy", "lr"])
-    steps, loss = concat(series["loss"])
-    idx = thin.indices(steps)
-    out: dict[str, Any] = {"steps": [steps[i] for i in idx], "loss": [loss[i] for i in idx]}
-    if series["accuracy"]:
-        _, acc = concat(series["accuracy"])
-        out["accuracy"] = [acc[i] for i in idx]
-    vsteps, vloss = thin.apply(*concat(series["val_loss"]))
-    out["validation"] = {"steps": vsteps, "loss": vloss}
-    if series["val_accuracy"]:
-        out["validation"]["accuracy"] = thin.apply(*concat(series["val_accuracy"]))[1]
-    lr_steps, lr = thin.apply(*concat(series["lr"]))
-    out["lr"] = {"steps": lr_steps, "values": lr}
-    return FastJSON(out)
-
-
-@router.get("/{experiment_id}/gradients")
-def read_gradients(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
-    """Gradients at the instrumented steps, thinned by `every`, `max_points`, `from_step`,
-    `to_step` (applied to each series' own steps):
-
-    - `steps`, `parameters` (name -> gradient L2 norm before clipping, one per step),
-      `global_norm.before_clip` and `global_norm.after_clip` (aligned with `steps`; null where
-      the step was not clipped-and-applied, e.g. a non-finite step that was skipped).
-    - `temporal`: `{"quantity": "grad_norm_hidden", "layers": [{"layer", "steps", "values"}]}`
-      where `values[i][t]` is ||dL/dh_t|| of that layer at its i-th instrumented step: the
-      total derivative, every path through later time steps included (seq_len values a row).
-      `layers` is empty when the temporal instrument was off."""
-    row = get_experiment(session, experiment_id, owner)
-    series = load_series(session, row, ["grad_norm_total", "clip/after"])
-    steps, norms = concat(series["grad_norm_total"])
-    idx = thin.indices(steps)
-    params = {
-        name.removeprefix("grad/"): [vals[i] for i in idx]
-        for name, chunks in sorted(load_prefixed(session, row, "grad/").items())
-        for vals in [concat(chunks)[1]]
-    }
-    after = dict(zip(*concat(series["clip/after"]), strict=True))
-    layers = []
-    for name, chunks in load_prefixed(session, row, "temporal/").items():
-        t_steps, t_rows = _rows(chunks)
-        keep = thin.indices(t_steps)
-        layers.append(
-            {
-                "layer": int(name.removeprefix("temporal/")),
-                "steps": [t_steps[i] for i in keep],
-                "values": [t_rows[i] for i in keep],
-            }
-        )
-    return FastJSON(
-        {
-            "steps": [steps[i] for i in idx],
-            "parameters": params,
-            "global_norm": {
-                "before_clip": [norms[i] for i in idx],
-                "after_clip": [after.get(steps[i]) for i in idx],
-            },
-            "temporal": {
-                "quantity": "grad_norm_hidden",
-                "layers": sorted(layers, key=lambda d: d["layer"]),
-            },
-        }
-    )
-
-
-def _rows(chunks: list[SeriesChunk]) -> tuple[list[int], list[list[float]]]:
-    """A vector series (one row of `width` values per step) from its chunks, in step order."""
-    steps: list[int] = []
-    values: list[list[float]] = []
-    for c in sorted(chunks, key=lambda c: c.first_step):
-        s, v = unpack(c)
-        steps.extend(s)
-        values.extend(v)
-    return steps, values
-
-
-def _thinned(thin: Thinning, chunks: list[SeriesChunk]) -> dict[str, list]:
-    steps, values = thin.apply(*concat(chunks))
-    return {"steps": steps, "values": values}
-
-
-@router.get("/{experiment_id}/instruments")
-def read_instruments(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
-    """The other instruments' series, each `{"steps": [...], "values": [...]}` and thinned by
-    `every`, `max_points`, `from_step`, `to_step`; a group is `{}` when its instrument was off.
-
-    - `spectrum[layer][block]` with blocks `hh` (rnn), `i`,`f`,`g`,`o` (lstm), `r`,`z`,`n`
-      (gru): `sigma_max` (largest singular value of that block of W_hh) and `radius` (its
-      spectral radius), at instrumented steps.
-    - `saturation[layer]`: fractions over (time step, example, unit) at instrumented steps:
-      `tanh` (|h| > 0.99), `sigmoid` (h < 0.01 or > 0.99), `dead_relu` (units zero for every
-      example at every time step), or per gate for lstm (`i`,`f`,`g`,`o`) and gru (`r`,`z`,`n`).
-    - `update_ratio[parameter]`: ||W_after - W_before|| / ||W_before|| across one optimiser
-      step; `weight_norm[parameter]`: ||W|| after it (instrumented steps).
-    - `clipping`: `fired` (1 or 0 at every applied step), `after_clip` (global gradient norm
-      after clipping, instrumented steps), `fired_fraction` (over all applied steps, unthinned).
-    """
-    row = get_experiment(session, experiment_id, owner)
-    out: dict[str, Any] = {"spectrum": {}, "saturation": {}, "update_ratio": {}, "weight_norm": {}}
-    for name, chunks in sorted(load_prefixed(session, row, "spectrum/").items()):
-        layer, block, quantity = name.split("/")[1:]
-        out["spectrum"].setdefault(layer, {}).setdefault(block, {})[quantity] = _thinned(
-            thin, chunks
-        )
-    for name, chunks in sorted(load_prefixed(session, row, "saturation/").items()):
-        layer, kind = name.split("/")[1:]
-        out["saturation"].setdefault(layer, {})[kind] = _thinned(thin, chunks)
-    for group in ("update_ratio", "weight_norm"):
-        for name, chunks in sorted(load_prefixed(session, row, f"{group}/").items()):
-            out[group][name.removeprefix(f"{group}/")] = _thinned(thin, chunks)
-    clip = load_prefixed(session, row, "clip/")
-    out["clipping"] = {}
-    if clip:
-        fired = concat(clip.get("clip/fired", []))[1]
-        out["clipping"] = {
-            "fired": _thinned(thin, clip.get("clip/fired", [])),
-            "after_clip": _thinned(thin, clip.get("clip/after", [])),
-            "fired_fraction": sum(fired) / len(fired) if fired else None,
-        }
-    return FastJSON(out)
 
 
 @router.get("/{experiment_id}/events", response_model=EventsRead)
@@ -574,39 +318,14 @@ def read_events(
     return FastJSON({"items": items})
 
 
-def cancel_queued(session: Session, which: ColumnElement[bool], now: datetime) -> list[str]:
-    """queued -> cancelled for the experiments `which` picks, in one guarded UPDATE (a worker
-    may claim one meanwhile: it is left alone); the `finished` webhook of each one cancelled
-    here, if subscribed, in the same transaction. Returns the ids cancelled."""
-    ids = list(
-        session.scalars(
-            update(Experiment)
-            .where(which, Experiment.status == "queued")
-            .values(status="cancelled", cancel_requested=True, finished_at=now)
-            .returning(Experiment.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if ids:
-        fresh = select(Experiment).where(Experiment.id.in_(ids))
-        for row in session.scalars(fresh.execution_options(populate_existing=True)):
-            if (note := terminal_delivery(row)) is not None:
-                session.add(note)
-    return ids
-
-
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentRead)
 def cancel_experiment(owner: Owner, experiment_id: str, session: SessionDep) -> FastJSON:
     """A queued experiment is cancelled at once; a running one stops within CANCEL_POLL_S
     and a step."""
     row = get_experiment(session, experiment_id, owner)
-    cancelled = bool(cancel_queued(session, Experiment.id == row.id, utcnow())) or (
-        session.execute(
-            update(Experiment)
-            .where(Experiment.id == row.id, Experiment.status == "running")
-            .values(cancel_requested=True)
-        ).rowcount
-        == 1
+    which = Experiment.id == row.id
+    cancelled = bool(cancel_queued(session, which, utcnow())) or (
+        request_cancel_running(session, which) == 1
     )
     session.commit()
     session.refresh(row)

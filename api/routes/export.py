@@ -16,21 +16,17 @@ from collections.abc import Callable, Iterator
 from tempfile import SpooledTemporaryFile
 from typing import IO, Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from api.auth import Owner
-from api.deps import get_session
+from api.deps import Owner, SessionDep
 from api.render.tfevents import ScalarWriter
-from api.routes.experiments import get_experiment
 from core.db import get_sessionmaker
-from core.tables import Experiment, SeriesChunk, as_utc
-from core.traces import unpack
+from core.owned import get_experiment
+from core.tables import Experiment, as_utc
+from core.traces import iter_scalar_chunks, unpack
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
-SessionDep = Annotated[Session, Depends(get_session)]
 PrefixQuery = Annotated[
     str | None, Query(max_length=200, description="only series whose name starts so")
 ]
@@ -67,16 +63,8 @@ def scalar_series(
     """Every scalar (width 1) series of an attempt as (name, steps, values), one stored chunk
     at a time: by name, then in step order. Read in its own session, since a streamed body
     outlives the request's."""
-    q = select(SeriesChunk).where(
-        SeriesChunk.experiment_id == experiment_id,
-        SeriesChunk.attempt == attempt,
-        SeriesChunk.width == 1,
-    )
-    if prefix:
-        q = q.where(SeriesChunk.name.startswith(prefix, autoescape=True))
-    q = q.order_by(SeriesChunk.name, SeriesChunk.first_step)
     with get_sessionmaker()() as session:
-        for chunk in session.scalars(q.execution_options(yield_per=200)):
+        for chunk in iter_scalar_chunks(session, experiment_id, attempt, prefix):
             steps, values = unpack(chunk)
             yield chunk.name, steps, [v[0] for v in values]
 

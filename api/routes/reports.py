@@ -14,20 +14,16 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from api.auth import current_owner
-from api.deps import get_session
+from api.deps import SessionDep, current_owner
+from api.figures import experiment_figure, overlay
 from api.render import plots
 from api.render.report import HEADERS, experiment_page, sweep_page
-from api.routes.experiments import get_experiment
-from api.routes.plots import experiment_figure, overlay, sweep_rows
-from api.routes.sweeps import sweep_view
-from api.serializers import experiment_view
+from api.serializers import experiment_view, sweep_view
+from core.owned import get_experiment, get_sweep, sweep_experiments
 from core.tables import Event, as_utc
 
 router = APIRouter(prefix="/v1", tags=["reports"])
-SessionDep = Annotated[Session, Depends(get_session)]
 MAX_EVENTS = 50
 HTML_RESPONSES = {200: {"description": "the report", "content": {"text/html": {}}}, 404: {}}
 
@@ -92,7 +88,8 @@ def sweep_report(
     """One self-contained HTML page: validation and training loss of every run overlaid (one
     colour a grid point), the points ranked with their statistics, each factor's effect, and
     links to every experiment's report."""
-    sweep, rows = sweep_rows(session, sweep_id, owner)
+    sweep = get_sweep(session, sweep_id, owner)
+    rows = sweep_experiments(session, sweep)
     images = {
         f"{q}": plots.render(
             overlay(session, rows, q, f"sweep {sweep.name or sweep.id[:8]}: {q}", True), "png"
@@ -104,4 +101,4 @@ def sweep_report(
     def link(experiment_id: str) -> str:
         return f"/v1/experiments/{experiment_id}/report{suffix}"
 
-    return _html(sweep_page(sweep_view(session, sweep), images, link))
+    return _html(sweep_page(sweep_view(sweep, rows), images, link))

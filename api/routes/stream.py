@@ -19,27 +19,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Owner
-from api.deps import get_session
-from api.routes.experiments import get_experiment
+from api.deps import Owner, SessionDep
 from api.serializers import experiment_view
+from core import series
 from core.db import get_read_engine, get_sessionmaker
+from core.owned import get_experiment
 from core.status import TERMINAL
 from core.tables import Experiment, SeriesChunk
-from core.traces import concat
+from core.traces import chunks_after, concat
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
-SessionDep = Annotated[Session, Depends(get_session)]
-SERIES = ("loss", "grad_norm_total")
+SERIES = (series.LOSS, series.GRAD_NORM_TOTAL)
 POLL_S = 0.5
 KEEPALIVE_S = 15.0
 SSE_RESPONSES = {
@@ -60,18 +58,7 @@ def _row(experiment_id: str) -> Any:
 
 def _new_chunks(experiment_id: str, attempt: int, after_id: int) -> list[SeriesChunk]:
     with get_sessionmaker()() as session:
-        return list(
-            session.scalars(
-                select(SeriesChunk)
-                .where(
-                    SeriesChunk.experiment_id == experiment_id,
-                    SeriesChunk.attempt == attempt,
-                    SeriesChunk.name.in_(SERIES),
-                    SeriesChunk.id > after_id,
-                )
-                .order_by(SeriesChunk.id)
-            ).all()
-        )
+        return chunks_after(session, experiment_id, attempt, SERIES, after_id)
 
 
 async def events(experiment_id: str) -> AsyncIterator[bytes]:

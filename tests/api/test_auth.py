@@ -7,10 +7,11 @@ from sqlalchemy import select
 
 from api.admin import main as admin
 from core.tables import ApiKey
-from tests.api.test_experiments import SMALL, assert_problem
+from tests.checks import assert_problem
+from tests.factories import SMALL_SUBMIT as SMALL
 
 
-def v1_routes(app) -> list[tuple[str, str]]:  # noqa: ANN001
+def v1_routes(app) -> list[tuple[str, str]]:
     """Every /v1 operation the app documents, its path parameters filled in."""
     return [
         (method.upper(), re.sub(r"\{[^}]+\}", "x", path))

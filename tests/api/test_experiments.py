@@ -3,19 +3,9 @@
 import pytest
 
 from core.spec import MAX_SEQ_LEN
+from tests.checks import assert_problem
 from tests.conftest import Backend
-
-SMALL = {"task": {"seq_len": 10}, "train": {"steps": 5}, "model": {"hidden_size": 8}}
-
-
-def assert_problem(resp, status: int, field: str | None = None) -> dict:  # noqa: ANN001
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
+from tests.factories import SMALL_SUBMIT as SMALL
 
 
 def test_post_empty_spec_is_accepted_normalised_and_enqueued(client, backend: Backend) -> None:
@@ -106,7 +96,7 @@ def test_a_lost_race_on_the_same_idempotency_key_is_a_replay(
     first = client.post("/v1/experiments", json=SMALL, headers=h)
     lookups = []
 
-    def missed_once(conn, owner, key):  # noqa: ANN001, ANN202 - the other request's view
+    def missed_once(conn, owner, key):
         lookups.append(key)
         return None if len(lookups) == 1 else real(conn, owner, key)
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from api.routes.export import run_name, tensorboard_tag
-from tests.api.test_experiments import assert_problem
-from tests.api.test_plots import run
-from tests.worker.test_runner import SMALL, add_experiment
+from tests.checks import assert_problem
+from tests.checks import tensorboard_scalars as scalars
+from tests.factories import SMALL, add_experiment
+from tests.factories import run_finished as run
 
 
-def rows(resp) -> list[dict[str, str]]:  # noqa: ANN001
+def rows(resp) -> list[dict[str, str]]:
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
     return list(csv.DictReader(io.StringIO(resp.text)))
 
@@ -72,7 +73,7 @@ def float32(values: list[float]) -> list[float]:
     return list(array("f", values))
 
 
-def tensorboard_run(resp, tmp_path: Path) -> Path:  # noqa: ANN001
+def tensorboard_run(resp, tmp_path: Path) -> Path:
     """The answer's archive, extracted: the one run directory it holds."""
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/gzip"
     assert int(resp.headers["content-length"]) == len(resp.content)
@@ -81,17 +82,6 @@ def tensorboard_run(resp, tmp_path: Path) -> Path:  # noqa: ANN001
         tar.extractall(tmp_path, filter="data")
     assert len(names) == 1 and re.fullmatch(r"[^/]+/events\.out\.tfevents\.\d+\.gradlab", names[0])
     return tmp_path / names[0].split("/")[0]
-
-
-def scalars(run_dir: Path) -> dict[str, list]:
-    from tensorboard.backend.event_processing.event_accumulator import (
-        SCALARS,
-        EventAccumulator,
-    )
-
-    acc = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0: keep every point
-    acc.Reload()
-    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
 
 
 def test_export_tensorboard_holds_what_the_json_routes_serve(

@@ -20,7 +20,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
 
 
 @pytest.fixture
-def keyed(client, settings, monkeypatch) -> dict[str, str]:  # noqa: ANN001
+def keyed(client, settings, monkeypatch) -> dict[str, str]:
     monkeypatch.setattr(settings, "rate_limit_per_s", 1e6)  # fuzzing is not a flood
     monkeypatch.setattr(settings, "rate_limit_burst", 1e6)
     return {"Authorization": client.headers["Authorization"]}
@@ -31,7 +31,7 @@ def keyed(client, settings, monkeypatch) -> dict[str, str]:  # noqa: ANN001
 @hsettings(
     max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
 )
-def test_no_5xx_and_every_response_matches_its_schema(case, keyed) -> None:  # noqa: ANN001
+def test_no_5xx_and_every_response_matches_its_schema(case, keyed) -> None:
     case.call_and_validate(
         headers=keyed,
         checks=[

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.worker.test_runner import add_experiment
+from tests.factories import add_experiment
 
 LSTM2 = {
     "task": {"seq_len": 10},
@@ -18,7 +18,7 @@ STEPS = [0, 5, 10, 15, 20, 25, 29]
 
 
 @pytest.fixture
-def finished(sessions) -> str:  # noqa: ANN001
+def finished(sessions) -> str:
     from worker.runner import run_experiment
 
     exp_id = add_experiment(sessions, LSTM2)
@@ -82,7 +82,7 @@ def test_experiment_carries_the_diagnosis(client, finished: str) -> None:
     assert isinstance(d["suggestions"], list)
 
 
-def test_instruments_off_leave_empty_groups(client, sessions) -> None:  # noqa: ANN001
+def test_instruments_off_leave_empty_groups(client, sessions) -> None:
     from worker.runner import run_experiment
 
     exp_id = add_experiment(sessions, {**LSTM2, "instrument": {"every": 5, "on": []}})

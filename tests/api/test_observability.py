@@ -9,10 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.tables import Experiment, utcnow
-from tests.worker.test_runner import SMALL, add_experiment
+from tests.factories import SMALL, add_experiment
 
 
-def scrape(client) -> dict[tuple[str, tuple], float]:  # noqa: ANN001
+def scrape(client) -> dict[tuple[str, tuple], float]:
     resp = client.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     return {
@@ -72,7 +72,7 @@ def test_experiments_by_status_queue_depth_and_speed(client, sessions) -> None:
 def test_a_scrape_answers_while_the_database_is_down(client, monkeypatch) -> None:
     from api import observability
 
-    def down():  # noqa: ANN202
+    def down():
         raise ConnectionError("database down")
 
     monkeypatch.setattr(observability, "get_read_engine", down)
@@ -82,7 +82,7 @@ def test_a_scrape_answers_while_the_database_is_down(client, monkeypatch) -> Non
 
 
 @pytest.fixture
-def log_lines():  # noqa: ANN201
+def log_lines():
     from core.logs import JsonFormatter
 
     stream = io.StringIO()

@@ -9,8 +9,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from PIL import Image
 
-from tests.api.test_experiments import assert_problem
-from tests.worker.test_runner import SMALL, add_experiment
+from tests.checks import assert_problem
+from tests.factories import SMALL, add_experiment
+from tests.factories import run_finished as run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,21 +26,13 @@ def png(content: bytes) -> Image.Image:
     return img
 
 
-def run(sessions, spec=SMALL) -> str:  # noqa: ANN001
-    from worker.runner import run_experiment
-
-    exp_id = add_experiment(sessions, spec)
-    assert run_experiment(exp_id) in ("succeeded", "diverged")
-    return exp_id
-
-
 @pytest.fixture
-def finished(sessions) -> str:  # noqa: ANN001
+def finished(sessions) -> str:
     return run(sessions)
 
 
-def figure_of(sessions, exp_id: str, name: str):  # noqa: ANN001, ANN201
-    from api.routes.plots import experiment_figure
+def figure_of(sessions, exp_id: str, name: str):
+    from api.figures import experiment_figure
     from core.tables import Experiment
 
     with sessions() as s:
@@ -110,7 +103,7 @@ def test_no_data_yet_is_an_empty_valid_image(client, sessions) -> None:
 
 
 def test_overlay_of_experiments_and_of_a_sweep(client, sessions) -> None:
-    from api.routes.plots import overlay
+    from api.figures import overlay
     from core.tables import Experiment
     from worker.runner import run_experiment
 
@@ -153,7 +146,7 @@ def report_images(html: str) -> list[Image.Image]:
     return [png(base64.b64decode(u)) for u in uris]
 
 
-def bare(client):  # noqa: ANN001, ANN201
+def bare(client):
     """A client of the same app that sends no Authorization header (`anonymous` and `client`
     are one object)."""
     from fastapi.testclient import TestClient

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.api.test_plots import run
+from tests.factories import run_finished as run
 from tests.serving import uvicorn
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 
 @pytest.fixture
-def server(settings, backend, tmp_path):  # noqa: ANN001, ANN201
+def server(settings, backend, tmp_path):
     """uvicorn serving the app on the test's database; yields its base URL."""
     with uvicorn(backend.env(), tmp_path / "uvicorn.log") as base:
         yield base
@@ -52,7 +52,7 @@ def chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProces
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_report_page_loads_in_chromium_with_its_images(
     server: str, sessions, api_key, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     exp_id = run(sessions)
     url = f"{server}/v1/experiments/{exp_id}/report?key={api_key('tester')}"
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from tests.api.test_experiments import assert_problem
+from tests.checks import assert_problem
+from tests.factories import SMALL, add_experiment
 from tests.serving import worker_thread
-from tests.worker.test_runner import SMALL, add_experiment
 
 
-def read_events(client, exp_id: str) -> list[tuple[str, dict]]:  # noqa: ANN001
+def read_events(client, exp_id: str) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = []
     with client.stream("GET", f"/v1/experiments/{exp_id}/stream") as resp:
         assert resp.status_code == 200
@@ -24,7 +24,7 @@ def read_events(client, exp_id: str) -> list[tuple[str, dict]]:  # noqa: ANN001
 
 
 @pytest.fixture
-def fast(settings, monkeypatch):  # noqa: ANN001, ANN201
+def fast(settings, monkeypatch):
     from api.routes import stream
 
     monkeypatch.setattr(stream, "POLL_S", 0.05)

@@ -2,12 +2,11 @@
 
 import pytest
 
-from tests.worker.test_runner import SMALL, add_experiment
-from tests.worker.test_train import EXPLODING
+from tests.factories import EXPLODING, SMALL, add_experiment
 
 
 @pytest.fixture
-def finished(sessions) -> str:  # noqa: ANN001
+def finished(sessions) -> str:
     from worker.runner import run_experiment
 
     exp_id = add_experiment(sessions, SMALL)
@@ -49,7 +48,7 @@ def test_gradients_per_parameter_at_instrumented_steps(client, finished: str) ->
         assert total == pytest.approx(parts, rel=1e-5)
 
 
-def test_events_locate_the_nan(client, sessions) -> None:  # noqa: ANN001
+def test_events_locate_the_nan(client, sessions) -> None:
     from worker.runner import run_experiment
 
     exp_id = add_experiment(sessions, {**SMALL, **EXPLODING})

@@ -8,9 +8,8 @@ import time
 import pytest
 
 from core.webhooks import url_refused
-from tests.api.test_experiments import assert_problem
+from tests.checks import assert_problem, gaps_s
 from tests.serving import Receiver, verify, worker_thread
-from tests.worker.test_webhooks import gaps_s
 
 TINY = {
     "task": {"seq_len": 10},
@@ -55,7 +54,7 @@ def notify(url: str, *events: str) -> dict:
         ),
     ],
 )
-def test_invalid_notify_is_422_naming_the_field(client, body, field) -> None:  # noqa: ANN001
+def test_invalid_notify_is_422_naming_the_field(client, body, field) -> None:
     assert_problem(client.post("/v1/experiments", json=body), 422, field)
 
 
@@ -77,13 +76,13 @@ def test_invalid_notify_is_422_naming_the_field(client, body, field) -> None:  #
         "http://no-such-host.invalid/hook",  # does not resolve
     ],
 )
-def test_private_loopback_and_unresolvable_hosts_are_refused(client, url) -> None:  # noqa: ANN001
+def test_private_loopback_and_unresolvable_hosts_are_refused(client, url) -> None:
     body = assert_problem(client.post("/v1/experiments", json=notify(url)), 422, "notify.url")
     assert client.get("/v1/experiments").json()["items"] == []  # nothing stored
     assert body["errors"][0]["type"] == "url"
 
 
-def test_a_public_address_is_accepted_with_defaults(client) -> None:  # noqa: ANN001
+def test_a_public_address_is_accepted_with_defaults(client) -> None:
     resp = client.post("/v1/experiments", json=notify("https://93.184.216.34/hook"))
     assert resp.status_code == 202, resp.text
     body = resp.json()
@@ -94,7 +93,7 @@ def test_a_public_address_is_accepted_with_defaults(client) -> None:  # noqa: AN
     assert plain["spec"]["notify"] is None
 
 
-def test_private_addresses_allowed_by_the_setting(client, settings, monkeypatch) -> None:  # noqa: ANN001
+def test_private_addresses_allowed_by_the_setting(client, settings, monkeypatch) -> None:
     monkeypatch.setattr(settings, "webhook_allow_private", True)
     resp = client.post("/v1/experiments", json=notify("http://127.0.0.1:9/h", "nan", "nan"))
     assert resp.status_code == 202, resp.text
@@ -105,7 +104,7 @@ def test_private_addresses_allowed_by_the_setting(client, settings, monkeypatch)
     )
 
 
-def test_env_setting_allows_private(client, monkeypatch) -> None:  # noqa: ANN001
+def test_env_setting_allows_private(client, monkeypatch) -> None:
     from tests.conftest import clear_caches
 
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE", "true")
@@ -115,7 +114,7 @@ def test_env_setting_allows_private(client, monkeypatch) -> None:  # noqa: ANN00
 
 
 def test_a_name_is_judged_by_every_address_it_resolves_to() -> None:
-    def resolver(*addresses: str):  # noqa: ANN202
+    def resolver(*addresses: str):
         return lambda host, port: [
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses
         ]
@@ -132,7 +131,7 @@ def test_a_hanging_lookup_is_refused_within_the_timeout() -> None:
 
     release = threading.Event()
 
-    def hangs(host, port):  # noqa: ANN001, ANN202
+    def hangs(host, port):
         release.wait(10)
         return []
 
@@ -152,20 +151,20 @@ def test_a_number_host_is_judged_as_what_it_connects_to() -> None:
     assert url_refused("http://93.184.216.34/", False) is None
 
 
-def test_sweep_with_a_private_notify_url_is_422(client) -> None:  # noqa: ANN001
+def test_sweep_with_a_private_notify_url_is_422(client) -> None:
     body = {"base": notify("http://192.168.1.1/h"), "grid": {"model.hidden_size": [4, 8]}}
     assert_problem(client.post("/v1/sweeps", json=body), 422, "notify.url")
     assert client.get("/v1/experiments").json()["items"] == []
 
 
-def test_webhooks_of_another_owners_experiment_is_404(client, api_key) -> None:  # noqa: ANN001
+def test_webhooks_of_another_owners_experiment_is_404(client, api_key) -> None:
     exp_id = client.post("/v1/experiments", json=TINY).json()["id"]
     other = {"Authorization": f"Bearer {api_key('intruder')}"}
     assert_problem(client.get(f"/v1/experiments/{exp_id}/webhooks", headers=other), 404)
     assert_problem(client.get("/v1/experiments/missing/webhooks"), 404)
 
 
-def test_cancelling_a_queued_experiment_notifies(client, hooks) -> None:  # noqa: ANN001
+def test_cancelling_a_queued_experiment_notifies(client, hooks) -> None:
     exp_id = client.post("/v1/experiments", json=notify("http://127.0.0.1:9/h")).json()["id"]
     assert client.post(f"/v1/experiments/{exp_id}/cancel").status_code == 202
     (d,) = client.get(f"/v1/experiments/{exp_id}/webhooks").json()["items"]
@@ -173,7 +172,7 @@ def test_cancelling_a_queued_experiment_notifies(client, hooks) -> None:  # noqa
     assert d["payload"]["status"] == "cancelled" and d["payload"]["experiment_id"] == exp_id
 
 
-def wait_settled(client, exp_id: str, timeout: float = 60) -> list[dict]:  # noqa: ANN001
+def wait_settled(client, exp_id: str, timeout: float = 60) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
         exp = client.get(f"/v1/experiments/{exp_id}").json()
@@ -186,7 +185,7 @@ def wait_settled(client, exp_id: str, timeout: float = 60) -> list[dict]:  # noq
         time.sleep(0.05)
 
 
-def test_a_real_run_is_delivered_to_a_receiver(client, sessions, hooks) -> None:  # noqa: ANN001
+def test_a_real_run_is_delivered_to_a_receiver(client, sessions, hooks) -> None:
     from worker.webhooks import Dispatcher
 
     dispatcher = Dispatcher(poll_s=0.02)
@@ -209,7 +208,7 @@ def test_a_real_run_is_delivered_to_a_receiver(client, sessions, hooks) -> None:
     assert sent["finished_at"] == exp["finished_at"]  # rendered alike
 
 
-def test_500_twice_then_200_shows_three_attempts(client, sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_500_twice_then_200_shows_three_attempts(client, sessions, hooks, monkeypatch) -> None:
     from worker.webhooks import Dispatcher
 
     monkeypatch.setattr(hooks, "webhook_backoff_s", 0.2)

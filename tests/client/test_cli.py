@@ -15,11 +15,11 @@ import pytest
 
 from client import ApiError, Client, UnsafeArchive, extract_archive
 from client.cli import main
+from tests.factories import SMALL
 from tests.serving import ROOT, uvicorn, worker_thread
-from tests.worker.test_runner import SMALL
 
 
-def cli(client, capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
+def cli(client, capsys, *argv: str) -> tuple[int, str, str]:
     code = main(["-q", *argv], http=client)
     out, err = capsys.readouterr()
     return code, out, err
@@ -68,7 +68,7 @@ def test_errors_are_exit_1_with_the_problem(client, capsys, tmp_path: Path) -> N
 
 
 def test_a_diverged_run_is_exit_3(client, sessions, capsys, tmp_path: Path) -> None:
-    from tests.worker.test_train import EXPLODING
+    from tests.factories import EXPLODING
 
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({**SMALL, **EXPLODING}))
@@ -115,7 +115,7 @@ def test_console_script_is_packaged() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_cli_process_over_loopback(backend, sessions, api_key, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_process_over_loopback(backend, sessions, api_key, tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(SMALL))
     with uvicorn(backend.env(), tmp_path / "uvicorn.log") as base, worker_thread(sessions):
@@ -135,8 +135,8 @@ def test_cli_process_over_loopback(backend, sessions, api_key, tmp_path: Path) -
 
 
 def test_export_tensorboard_and_csv(client, sessions, capsys, tmp_path: Path) -> None:
-    from tests.api.test_export import scalars
-    from tests.api.test_plots import run
+    from tests.checks import tensorboard_scalars as scalars
+    from tests.factories import run_finished as run
 
     exp_id = run(sessions)
     logs = tmp_path / "logs"

@@ -19,7 +19,7 @@ def geometric(gamma: float, t_len: int, end: float = 0.5) -> list[float]:
     return [end * gamma ** (t_len - 1 - t) for t in range(t_len)]
 
 
-def summary_with(profile: list[float] | None, **extra) -> dict:  # noqa: ANN003
+def summary_with(profile: list[float] | None, **extra) -> dict:
     layers = None if profile is None else [profile_evidence(profile)]
     return {"temporal_profile": {"last": {"step": 90, "layers": layers}}, **extra}
 

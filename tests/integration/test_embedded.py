@@ -11,8 +11,9 @@ import sys
 import httpx
 import pytest
 
+from core.status import TERMINAL
 from tests.conftest import ROOT
-from tests.integration.workers import TERMINAL, wait_for
+from tests.integration.workers import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.status import TERMINAL
 from tests.conftest import Backend, clear_caches, empty_tables, migrate
-from tests.integration.test_worker_process import LONG, SMALL
-from tests.integration.workers import TERMINAL, start_worker, stop, wait_for
+from tests.factories import LONG
+from tests.factories import PROCESS_SMALL as SMALL
+from tests.integration.workers import start_worker, stop, wait_for
 
 pytestmark = pytest.mark.integration
 PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), None)
@@ -102,7 +104,7 @@ class PrivatePostgres:
 
 
 @pytest.fixture
-def private_redis():  # noqa: ANN201
+def private_redis():
     r = PrivateRedis()
     r.start()
     yield r
@@ -110,7 +112,7 @@ def private_redis():  # noqa: ANN201
 
 
 @pytest.fixture
-def private_pg():  # noqa: ANN201
+def private_pg():
     if PG_BIN is None or (os.geteuid() == 0 and shutil.which("runuser") is None):
         pytest.skip("no PostgreSQL binaries to run a private cluster")
     # Not under pytest's tmp_path: the postgres user must be able to reach the folder.
@@ -126,7 +128,7 @@ def private_pg():  # noqa: ANN201
     shutil.rmtree(root, ignore_errors=True)
 
 
-def use(backend: Backend, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def use(backend: Backend, monkeypatch: pytest.MonkeyPatch):
     """Point the in-process API at `backend`; returns a client with a key."""
     from fastapi.testclient import TestClient
 

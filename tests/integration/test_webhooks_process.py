@@ -3,14 +3,15 @@ worker_ready beside the reconciler), on both backends."""
 
 import pytest
 
-from tests.integration.workers import TERMINAL, start_worker, stop, wait_for
+from core.status import TERMINAL
+from tests.factories import EXPLODING
+from tests.integration.workers import start_worker, stop, wait_for
 from tests.serving import WEBHOOK_SECRET, Receiver, verify
-from tests.worker.test_train import EXPLODING
 
 pytestmark = pytest.mark.integration
 
 
-def test_worker_process_sends_nan_then_finished(client, backend, hooks, tmp_path) -> None:  # noqa: ANN001
+def test_worker_process_sends_nan_then_finished(client, backend, hooks, tmp_path) -> None:
     env = {
         "WEBHOOK_ALLOW_PRIVATE": "true",
         "WEBHOOK_SECRET": WEBHOOK_SECRET,

@@ -7,27 +7,15 @@ import signal
 
 import pytest
 
-from tests.integration.workers import TERMINAL, start_worker, stop, wait_for
-from tests.worker.test_train import EXPLODING
+from core.status import TERMINAL
+from tests.factories import EXPLODING, LONG
+from tests.factories import PROCESS_SMALL as SMALL
+from tests.integration.workers import start_worker, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
-SMALL = {
-    "task": {"seq_len": 10},
-    "model": {"hidden_size": 8},
-    "train": {"steps": 40, "batch_size": 8},
-    "instrument": {"every": 5, "val_every": 20},
-}
-# Long enough (several seconds on one thread) to be killed in the middle.
-LONG = {
-    "task": {"seq_len": 60},
-    "model": {"hidden_size": 32},
-    "train": {"steps": 1500, "batch_size": 16},
-    "instrument": {"every": 50, "val_every": 500},
-}
 
-
-def status_of(client, exp_id: str) -> dict:  # noqa: ANN001
+def status_of(client, exp_id: str) -> dict:
     return client.get(f"/v1/experiments/{exp_id}").json()
 
 
@@ -67,7 +55,7 @@ def test_worker_runs_experiments_and_survives_divergence(client, backend, tmp_pa
         assert {x.get("request_id") for x in mine} == {f"req-{n}"}
 
 
-def kill_mid_run(client, backend, tmp_path, **env: str) -> str:  # noqa: ANN001
+def kill_mid_run(client, backend, tmp_path, **env: str) -> str:
     first = start_worker(backend, tmp_path, **env)
     try:
         exp_id = client.post("/v1/experiments", json=LONG).json()["id"]

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from core.status import TERMINAL  # noqa: F401 (the tests import it from here)
 from tests.conftest import ROOT, Backend
 from worker.embedded import worker_command
 

@@ -31,7 +31,7 @@ def test_elman_layer_matches_torch_fused_rnn(activation: str) -> None:
         ("gru", None, nn.GRU),
     ],
 )
-def test_fused_modules_where_torch_has_them(cell, activation, module) -> None:  # noqa: ANN001
+def test_fused_modules_where_torch_has_them(cell, activation, module) -> None:
     net = RecurrentNet(2, 1, cell=cell, activation=activation, hidden_size=6, num_layers=3)
     assert all(type(layer) is module for layer in net.rnn)
     out = net(torch.randn(9, 4, 2))

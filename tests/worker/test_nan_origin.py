@@ -13,7 +13,7 @@ from worker.nan_origin import locate_nonfinite
 from worker.train import train
 
 
-def spec(**train_over) -> ExperimentCreate:  # noqa: ANN003
+def spec(**train_over) -> ExperimentCreate:
     return ExperimentCreate.model_validate(
         {
             "task": {"name": "adding", "seq_len": 10},
@@ -24,7 +24,7 @@ def spec(**train_over) -> ExperimentCreate:  # noqa: ANN003
     )
 
 
-def nonfinite_event(result) -> dict:  # noqa: ANN001
+def nonfinite_event(result) -> dict:
     (event,) = [e for e in result.batch.events if e["kind"] == "nonfinite"]
     return event
 
@@ -32,17 +32,17 @@ def nonfinite_event(result) -> dict:  # noqa: ANN001
 class Sabotage(Instrument):
     """Does `act(run)` in the hook `hook` of step `at`."""
 
-    def __init__(self, at: int, hook: str, act) -> None:  # noqa: ANN001
+    def __init__(self, at: int, hook: str, act) -> None:
         self.at, self.act = at, act
         setattr(self, hook, self._maybe)
 
-    def _maybe(self, run, ctx) -> None:  # noqa: ANN001
+    def _maybe(self, run, ctx) -> None:
         if ctx.step == self.at:
             self.act(run)
 
 
 def test_weight_set_to_nan_is_named() -> None:
-    def poison(run) -> None:  # noqa: ANN001
+    def poison(run) -> None:
         with torch.no_grad():
             run.model.rnn[1].weight_hh_l0[3, 2] = math.nan
 
@@ -95,7 +95,7 @@ def test_loss_overflow_with_finite_prediction() -> None:
 
 
 def test_gradient_of_one_parameter_named_in_training() -> None:
-    def hook(run) -> None:  # noqa: ANN001
+    def hook(run) -> None:
         w = run.model.rnn[0].weight_ih_l0
         handle = []
         handle.append(w.register_hook(lambda g: (handle[0].remove(), g * math.inf)[1]))

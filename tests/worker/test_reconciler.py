@@ -5,11 +5,11 @@ from datetime import timedelta
 
 from core.tables import Event, Experiment, utcnow
 from tests.conftest import Backend
-from tests.worker.test_runner import SMALL, add_experiment
+from tests.factories import SMALL, add_experiment
 from worker.reconciler import reconcile
 
 
-def set_row(sessions, exp_id: str, **values) -> None:  # noqa: ANN001, ANN003
+def set_row(sessions, exp_id: str, **values) -> None:
     with sessions() as s:
         row = s.get(Experiment, exp_id)
         for k, v in values.items():

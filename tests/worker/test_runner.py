@@ -5,33 +5,9 @@ import time
 
 from sqlalchemy import select
 
-from core.tables import Event, Experiment, SeriesChunk, utcnow
+from core.tables import Event, Experiment, SeriesChunk
 from core.traces import concat
-from tests.worker.test_train import EXPLODING
-
-SMALL = {
-    "task": {"seq_len": 10},
-    "model": {"hidden_size": 8},
-    "train": {"steps": 30, "batch_size": 8},
-    "instrument": {"every": 5, "val_every": 10},
-}
-
-
-def add_experiment(sessions, spec: dict) -> str:  # noqa: ANN001
-    from core.spec import ExperimentCreate
-
-    normalised = ExperimentCreate.model_validate(spec).model_dump(mode="json")
-    with sessions() as s:
-        row = Experiment(
-            spec=normalised,
-            status="queued",
-            owner="tester",
-            total_steps=normalised["train"]["steps"],
-            enqueued_at=utcnow(),
-        )
-        s.add(row)
-        s.commit()
-        return row.id
+from tests.factories import EXPLODING, SMALL, add_experiment
 
 
 def test_runs_and_stores_the_traces(sessions) -> None:
@@ -110,13 +86,14 @@ def test_cancel_while_running_stops_it(sessions, settings, monkeypatch, client) 
 
 
 def test_a_retry_drops_the_failed_attempts_traces(sessions) -> None:
+    from core import lifecycle
     from worker import store
     from worker.instruments.base import Recorder
     from worker.runner import run_experiment
 
     exp_id = add_experiment(sessions, SMALL)
     with sessions() as s:  # attempt 1 writes a partial trace, then its worker dies
-        store.claim(s, exp_id, "dead-worker")
+        lifecycle.claim(s, exp_id, "dead-worker")
         rec = Recorder()
         for step in range(100, 105):
             rec.record("loss", step, 9.0)
@@ -147,8 +124,8 @@ def test_soft_time_limit_stops_and_keeps_the_traces(sessions, client) -> None:
 def test_the_run_and_its_threads_log_with_its_request_id(sessions, settings, monkeypatch) -> None:
     import logging
 
+    from core import lifecycle
     from core.logs import request_id
-    from worker import store
     from worker.runner import run_experiment
 
     exp_id = add_experiment(sessions, SMALL)
@@ -167,7 +144,7 @@ def test_the_run_and_its_threads_log_with_its_request_id(sessions, settings, mon
     # the heartbeat thread fails its beats, so it logs from its own thread
     monkeypatch.setattr(settings, "heartbeat_interval_s", 0.01)
     monkeypatch.setattr(settings, "cancel_poll_s", 0.01)
-    monkeypatch.setattr(store, "heartbeat", failing_heartbeat)
+    monkeypatch.setattr(lifecycle, "heartbeat", failing_heartbeat)
     logger = logging.getLogger("gradlab.worker")
     grab, level = Grab(), logger.level
     logger.addHandler(grab)

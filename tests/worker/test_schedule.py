@@ -14,7 +14,7 @@ from worker.train import train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def sched(**kw) -> ScheduleSpec:  # noqa: ANN003
+def sched(**kw) -> ScheduleSpec:
     return ScheduleSpec.model_validate(kw)
 
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from core.spec import ExperimentCreate
+from tests.factories import EXPLODING
 from worker.datasets import make_task
 from worker.instruments import default_instruments
 from worker.instruments.base import Instrument
 from worker.train import build_model, train
 
 
-def spec(**over) -> ExperimentCreate:  # noqa: ANN003
+def spec(**over) -> ExperimentCreate:
     base = {
         "task": {"seq_len": 12},
         "model": {"hidden_size": 16},
@@ -22,13 +23,6 @@ def spec(**over) -> ExperimentCreate:  # noqa: ANN003
     for key, value in over.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return ExperimentCreate.model_validate(base)
-
-
-EXPLODING = {
-    "model": {"activation": "relu", "init": {"gain": 3.0}},
-    "train": {"optimizer": {"name": "sgd", "lr": 1.0}, "clip": {"mode": "none"}},
-    "task": {"seq_len": 50},
-}
 
 
 def test_loss_every_step_and_grad_norms_at_instrumented_steps() -> None:
@@ -83,12 +77,12 @@ class PoisonGradientAt(Instrument):
         self.weights_before: dict[str, torch.Tensor] = {}
         self.weights_after: dict[str, torch.Tensor] = {}
 
-    def before_backward(self, run, ctx) -> None:  # noqa: ANN001
+    def before_backward(self, run, ctx) -> None:
         if ctx.step == self.step:
             ctx.output.top.register_hook(lambda g: g * float("nan"))
             self.weights_before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
 
-    def after_step(self, run, ctx) -> None:  # noqa: ANN001
+    def after_step(self, run, ctx) -> None:
         if ctx.step == self.step:
             self.weights_after = {n: p.detach().clone() for n, p in run.model.named_parameters()}
 

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from core.tables import Experiment, WebhookDelivery, utcnow
+from tests.checks import gaps_s
+from tests.factories import EXPLODING, SMALL, add_experiment
 from tests.serving import Receiver, free_port, verify
-from tests.worker.test_runner import SMALL, add_experiment
-from tests.worker.test_train import EXPLODING
 
 # relu with gain 2 over 20 steps: a finite global gradient norm near 1e8 at step 0, past the
 # diagnosis's 1e4, and clipping keeps the run from diverging.
@@ -24,7 +24,7 @@ LOUD = {
 }
 
 
-def pump(sessions, until: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ANN001
+def pump(sessions, until: Callable[[], bool], timeout: float = 20.0) -> None:
     """Dispatch rounds until `until()` holds."""
     from worker.webhooks import dispatch_due
 
@@ -35,7 +35,7 @@ def pump(sessions, until: Callable[[], bool], timeout: float = 20.0) -> None:  #
             time.sleep(0.01)
 
 
-def deliveries(sessions, exp_id: str) -> list[WebhookDelivery]:  # noqa: ANN001
+def deliveries(sessions, exp_id: str) -> list[WebhookDelivery]:
     with sessions() as s:
         return list(
             s.scalars(
@@ -46,7 +46,7 @@ def deliveries(sessions, exp_id: str) -> list[WebhookDelivery]:  # noqa: ANN001
         )
 
 
-def settled(sessions, exp_id: str) -> Callable[[], bool]:  # noqa: ANN001
+def settled(sessions, exp_id: str) -> Callable[[], bool]:
     return lambda: all(d.status != "pending" for d in deliveries(sessions, exp_id))
 
 
@@ -54,7 +54,7 @@ def with_notify(spec: dict, url: str, *events: str) -> dict:
     return {**spec, "notify": {"url": url, "events": list(events) or ["finished"]}}
 
 
-def stale_running(sessions, hooks, attempt: int) -> str:  # noqa: ANN001
+def stale_running(sessions, hooks, attempt: int) -> str:
     """A running experiment, subscribed to `finished`, whose worker stopped beating during
     `attempt`: on the last one the reconciler gives up on it, before that it requeues it."""
     exp_id = add_experiment(sessions, with_notify(SMALL, "http://x/"))
@@ -79,7 +79,7 @@ def test_sign_is_hmac_sha256_of_timestamp_dot_body() -> None:
     )
 
 
-def test_backoff_doubles_then_caps(settings, monkeypatch) -> None:  # noqa: ANN001
+def test_backoff_doubles_then_caps(settings, monkeypatch) -> None:
     from worker.webhooks import backoff_s
 
     monkeypatch.setattr(settings, "webhook_backoff_s", 1.0)
@@ -87,7 +87,7 @@ def test_backoff_doubles_then_caps(settings, monkeypatch) -> None:  # noqa: ANN0
     assert [backoff_s(settings, n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
 
 
-def test_secret_is_made_once_and_kept(settings, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_secret_is_made_once_and_kept(settings, monkeypatch, tmp_path) -> None:
     from worker.webhooks import signing_secret
 
     path = tmp_path / "sub" / "webhook_secret"
@@ -100,7 +100,7 @@ def test_secret_is_made_once_and_kept(settings, monkeypatch, tmp_path) -> None: 
     assert signing_secret(settings) == b"s" * 20
 
 
-def test_a_finished_run_is_delivered_signed(sessions, hooks) -> None:  # noqa: ANN001
+def test_a_finished_run_is_delivered_signed(sessions, hooks) -> None:
     from worker.runner import run_experiment
 
     with Receiver(200) as rx:
@@ -124,14 +124,7 @@ def test_a_finished_run_is_delivered_signed(sessions, hooks) -> None:  # noqa: A
     assert done.delivered_at is not None and done.log[0]["status_code"] == 200
 
 
-def gaps_s(log: list[dict]) -> list[float]:
-    from datetime import datetime
-
-    at = [datetime.fromisoformat(a["at"]) for a in log]
-    return [(b - a).total_seconds() for a, b in zip(at, at[1:], strict=False)]
-
-
-def test_retried_with_backoff_until_a_2xx(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_retried_with_backoff_until_a_2xx(sessions, hooks, monkeypatch) -> None:
     from worker.runner import run_experiment
 
     monkeypatch.setattr(hooks, "webhook_backoff_s", 0.2)
@@ -152,7 +145,7 @@ def test_retried_with_backoff_until_a_2xx(sessions, hooks, monkeypatch) -> None:
     assert len({b for _, b in rx.received}) == 1
 
 
-def test_gives_up_after_max_attempts(sessions, hooks) -> None:  # noqa: ANN001
+def test_gives_up_after_max_attempts(sessions, hooks) -> None:
     from worker.runner import run_experiment
     from worker.webhooks import dispatch_due
 
@@ -167,7 +160,7 @@ def test_gives_up_after_max_attempts(sessions, hooks) -> None:  # noqa: ANN001
     assert d.last_status_code == 500 and d.delivered_at is None
 
 
-def test_connection_errors_are_recorded_and_retried(sessions, hooks) -> None:  # noqa: ANN001
+def test_connection_errors_are_recorded_and_retried(sessions, hooks) -> None:
     from worker.runner import run_experiment
 
     url = f"http://127.0.0.1:{free_port()}/nobody-listens"
@@ -179,7 +172,7 @@ def test_connection_errors_are_recorded_and_retried(sessions, hooks) -> None:  #
     assert d.last_status_code is None and "ConnectError" in d.last_error
 
 
-def test_private_address_refused_again_at_delivery(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_private_address_refused_again_at_delivery(sessions, hooks, monkeypatch) -> None:
     from worker.runner import run_experiment
 
     with Receiver(200) as rx:
@@ -192,7 +185,7 @@ def test_private_address_refused_again_at_delivery(sessions, hooks, monkeypatch)
     assert d.last_error.startswith("refused: ") and "loopback" in d.last_error
 
 
-def test_first_nan_is_an_event_with_its_step(sessions, hooks) -> None:  # noqa: ANN001
+def test_first_nan_is_an_event_with_its_step(sessions, hooks) -> None:
     from worker.runner import run_experiment
 
     spec = {**EXPLODING, "train": {**EXPLODING["train"], "steps": 20}}
@@ -211,7 +204,7 @@ def test_first_nan_is_an_event_with_its_step(sessions, hooks) -> None:  # noqa: 
     assert finished["diagnosis"]["verdict"] == "diverged"
 
 
-def test_skip_step_nans_notify_once(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_skip_step_nans_notify_once(sessions, hooks, monkeypatch) -> None:
     from worker.runner import run_experiment
 
     monkeypatch.setattr(hooks, "flush_every_steps", 1)  # a batch per step: dedupe across them
@@ -226,7 +219,7 @@ def test_skip_step_nans_notify_once(sessions, hooks, monkeypatch) -> None:  # no
     assert [d.event for d in deliveries(sessions, exp_id)] == ["nan"]
 
 
-def test_exploding_norm_is_an_event_while_the_run_goes(sessions, hooks) -> None:  # noqa: ANN001
+def test_exploding_norm_is_an_event_while_the_run_goes(sessions, hooks) -> None:
     from core.diagnosis import EXPLODING_GRAD_NORM
     from worker.runner import run_experiment
 
@@ -239,7 +232,7 @@ def test_exploding_norm_is_an_event_while_the_run_goes(sessions, hooks) -> None:
     assert sent["detail"]["grad_norm"] > EXPLODING_GRAD_NORM == sent["detail"]["threshold"]
 
 
-def test_vanishing_profile_is_an_event_with_its_ratio(sessions, hooks) -> None:  # noqa: ANN001
+def test_vanishing_profile_is_an_event_with_its_ratio(sessions, hooks) -> None:
     from core.diagnosis import VANISHING_RATIO
     from worker.runner import run_experiment
 
@@ -260,7 +253,7 @@ def test_vanishing_profile_is_an_event_with_its_ratio(sessions, hooks) -> None: 
     assert finished["diagnosis"]["verdict"] == "vanishing"
 
 
-def test_nothing_is_written_for_what_is_not_subscribed(sessions, hooks) -> None:  # noqa: ANN001
+def test_nothing_is_written_for_what_is_not_subscribed(sessions, hooks) -> None:
     from worker.runner import run_experiment
 
     plain = add_experiment(sessions, LOUD)
@@ -270,7 +263,7 @@ def test_nothing_is_written_for_what_is_not_subscribed(sessions, hooks) -> None:
         assert deliveries(sessions, exp_id) == []
 
 
-def test_each_due_row_is_claimed_once(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_each_due_row_is_claimed_once(sessions, hooks, monkeypatch) -> None:
     from worker import webhooks
     from worker.webhooks import claim_due
 
@@ -317,7 +310,7 @@ def test_each_due_row_is_claimed_once(sessions, hooks, monkeypatch) -> None:  # 
     assert set(attempts) == {1}
 
 
-def test_a_lost_worker_given_up_on_notifies_finished(sessions, hooks) -> None:  # noqa: ANN001
+def test_a_lost_worker_given_up_on_notifies_finished(sessions, hooks) -> None:
     from worker.reconciler import reconcile
 
     exp_id = stale_running(sessions, hooks, hooks.max_attempts)
@@ -331,7 +324,7 @@ def test_a_lost_worker_given_up_on_notifies_finished(sessions, hooks) -> None:  
     assert deliveries(sessions, again) == []
 
 
-def add_delivery(sessions, url: str, **values) -> str:  # noqa: ANN001
+def add_delivery(sessions, url: str, **values) -> str:
     """An outbox row written directly (as an older release, or another writer, could)."""
     exp_id = add_experiment(sessions, SMALL)
     with sessions() as s:
@@ -352,13 +345,13 @@ def add_delivery(sessions, url: str, **values) -> str:  # noqa: ANN001
         return d.id
 
 
-def row(sessions, delivery_id: str) -> WebhookDelivery:  # noqa: ANN001
+def row(sessions, delivery_id: str) -> WebhookDelivery:
     with sessions() as s:
         return s.get(WebhookDelivery, delivery_id)
 
 
 @pytest.fixture
-def one_try(hooks, monkeypatch):  # noqa: ANN001, ANN201
+def one_try(hooks, monkeypatch):
     """Retries far in the future, so a round makes exactly one attempt per row however long
     the machine takes between an attempt's outcome and the next claim (with the hooks
     fixture's 10 ms backoff a slow round could claim the same row twice)."""
@@ -370,7 +363,7 @@ def one_try(hooks, monkeypatch):  # noqa: ANN001, ANN201
 @pytest.mark.parametrize("bad", ["http://93.184.216.34/\x7f", "http://0135.0270.0330.042/h"])
 def test_a_url_httpx_rejects_is_a_failed_attempt_not_a_jam(
     sessions, one_try, monkeypatch, bad
-) -> None:  # noqa: ANN001
+) -> None:
     """Such a URL no longer passes submit (tests/api); a row holding one is still recorded as
     a failed attempt, and the rows after it in the round go out."""
     from worker.webhooks import dispatch_due
@@ -385,10 +378,10 @@ def test_a_url_httpx_rejects_is_a_failed_attempt_not_a_jam(
     assert b.last_error.startswith("refused: ")
 
 
-def test_any_exception_in_send_is_recorded(sessions, hooks, one_try) -> None:  # noqa: ANN001
+def test_any_exception_in_send_is_recorded(sessions, hooks, one_try) -> None:
     from worker.webhooks import dispatch_due
 
-    def broken_resolver(host, port):  # noqa: ANN001, ANN202
+    def broken_resolver(host, port):
         raise RuntimeError("resolver bug")
 
     d = add_delivery(sessions, "http://hooks.test/h")
@@ -396,7 +389,7 @@ def test_any_exception_in_send_is_recorded(sessions, hooks, one_try) -> None:  #
     assert row(sessions, d).last_error == "RuntimeError: resolver bug"
 
 
-def test_rows_at_max_attempts_are_failed_not_claimed(sessions, hooks) -> None:  # noqa: ANN001
+def test_rows_at_max_attempts_are_failed_not_claimed(sessions, hooks) -> None:
     from worker.webhooks import claim_due, fail_spent
 
     # its last attempt was claimed, then its dispatcher died: the lease has run out
@@ -415,7 +408,7 @@ def test_rows_at_max_attempts_are_failed_not_claimed(sessions, hooks) -> None:  
     assert row(sessions, in_flight).status == "pending"  # its lease still runs
 
 
-def test_an_unusable_secret_claims_nothing(sessions, hooks, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_an_unusable_secret_claims_nothing(sessions, hooks, monkeypatch, tmp_path) -> None:
     from worker.webhooks import SecretError, dispatch_due
 
     path = tmp_path / "webhook_secret"
@@ -428,7 +421,7 @@ def test_an_unusable_secret_claims_nothing(sessions, hooks, monkeypatch, tmp_pat
     assert row(sessions, d).attempts == 0
 
 
-def test_secret_race_gives_every_worker_the_same_secret(settings, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_secret_race_gives_every_worker_the_same_secret(settings, monkeypatch, tmp_path) -> None:
     from worker.webhooks import signing_secret
 
     monkeypatch.setattr(settings, "webhook_secret", None)
@@ -449,7 +442,7 @@ def test_secret_race_gives_every_worker_the_same_secret(settings, monkeypatch, t
         assert len(got) == 8 and len(set(got)) == 1 and len(got[0]) >= 32
 
 
-def test_secret_lost_race_reads_the_winners(settings, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_secret_lost_race_reads_the_winners(settings, monkeypatch, tmp_path) -> None:
     """The FileExistsError branch, deterministically: another worker links its file between
     this one's check and its own link."""
     from worker import webhooks
@@ -468,7 +461,7 @@ def test_secret_lost_race_reads_the_winners(settings, monkeypatch, tmp_path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["secret"]  # no temporary file left
 
 
-def test_a_short_secret_file_is_refused(settings, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_a_short_secret_file_is_refused(settings, monkeypatch, tmp_path) -> None:
     from worker.webhooks import SecretError, signing_secret
 
     path = tmp_path / "secret"
@@ -480,14 +473,14 @@ def test_a_short_secret_file_is_refused(settings, monkeypatch, tmp_path) -> None
             signing_secret(settings)
 
 
-def fake_dns(monkeypatch, answers: dict[str, Callable[[], str]]) -> None:  # noqa: ANN001
+def fake_dns(monkeypatch, answers: dict[str, Callable[[], str]]) -> None:
     """socket.getaddrinfo with some names answered by `answers` (called at each lookup); every
     other host (IP literals included) goes to the real resolver."""
     import socket
 
     real = socket.getaddrinfo
 
-    def getaddrinfo(host, port, *args, **kwargs):  # noqa: ANN001, ANN202
+    def getaddrinfo(host, port, *args, **kwargs):
         if host in answers:
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host](), port))]
         return real(host, port, *args, **kwargs)
@@ -497,7 +490,7 @@ def fake_dns(monkeypatch, answers: dict[str, Callable[[], str]]) -> None:  # noq
 
 def test_dns_rebinding_cannot_reach_the_private_address(
     sessions, hooks, one_try, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     """The name answers public for the check and loopback for any later lookup: the connection
     goes to the checked public address, never to the receiver on loopback."""
     import socket
@@ -516,7 +509,7 @@ def test_dns_rebinding_cannot_reach_the_private_address(
     real_connect = socket.create_connection
     connected: list[tuple[str, int]] = []
 
-    def create_connection(address, *args, **kwargs):  # noqa: ANN001, ANN202
+    def create_connection(address, *args, **kwargs):
         connected.append(address)
         if address[0] == "93.184.216.34":  # no network here: as if unreachable
             raise ConnectionRefusedError("unreachable (test)")
@@ -532,7 +525,7 @@ def test_dns_rebinding_cannot_reach_the_private_address(
     assert "ConnectError" in row(sessions, d).last_error
 
 
-def test_a_name_is_delivered_over_the_pinned_ip(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_a_name_is_delivered_over_the_pinned_ip(sessions, hooks, monkeypatch) -> None:
     """WEBHOOK_ALLOW_PRIVATE and a name resolving to loopback: sent to the IP, with the name
     in the Host header."""
     from worker.webhooks import dispatch_due
@@ -582,7 +575,7 @@ class Trickler:
         self.thread.join(5)
 
 
-def test_a_trickled_status_line_ends_at_the_deadline(sessions, hooks, one_try, monkeypatch) -> None:  # noqa: ANN001
+def test_a_trickled_status_line_ends_at_the_deadline(sessions, hooks, one_try, monkeypatch) -> None:
     from worker.webhooks import dispatch_due
 
     monkeypatch.setattr(hooks, "webhook_timeout_s", 1.0)  # each byte comes within it
@@ -596,7 +589,7 @@ def test_a_trickled_status_line_ends_at_the_deadline(sessions, hooks, one_try, m
     assert r.attempts == 1 and r.last_error == "timed out: no answer within 1 s"
 
 
-def test_a_trickled_body_is_never_read(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_a_trickled_body_is_never_read(sessions, hooks, monkeypatch) -> None:
     from worker.webhooks import dispatch_due
 
     monkeypatch.setattr(hooks, "webhook_timeout_s", 1.0)
@@ -609,7 +602,7 @@ def test_a_trickled_body_is_never_read(sessions, hooks, monkeypatch) -> None:  #
     assert took < 1.0 and row(sessions, d).status == "delivered"
 
 
-def test_an_outcome_after_a_takeover_is_dropped(sessions, hooks) -> None:  # noqa: ANN001
+def test_an_outcome_after_a_takeover_is_dropped(sessions, hooks) -> None:
     from sqlalchemy import update
 
     from worker.webhooks import claim_due, record
@@ -624,7 +617,7 @@ def test_an_outcome_after_a_takeover_is_dropped(sessions, hooks) -> None:  # noq
     assert r.status == "pending" and r.log == [] and r.last_status_code is None
 
 
-def test_two_reconcilers_racing_write_one_finished(sessions, hooks) -> None:  # noqa: ANN001
+def test_two_reconcilers_racing_write_one_finished(sessions, hooks) -> None:
     """Reconciler B runs whole between reconciler A's read of the stale row and A's update
     (on SQLite FOR UPDATE locks nothing; on PostgreSQL B skips the locked row): one verdict,
     one `finished` delivery, one worker_lost event."""
@@ -634,11 +627,11 @@ def test_two_reconcilers_racing_write_one_finished(sessions, hooks) -> None:  # 
     exp_id = stale_running(sessions, hooks, hooks.max_attempts)
     raced: list[dict] = []
 
-    def racing_sessions():  # noqa: ANN202
+    def racing_sessions():
         s = sessions()
         scalars = s.scalars
 
-        def first_read_then_b(stmt, *args, **kwargs):  # noqa: ANN001, ANN202
+        def first_read_then_b(stmt, *args, **kwargs):
             rows = scalars(stmt, *args, **kwargs).all()
             if not raced:
                 raced.append(reconcile(sessions, hooks, send=lambda _: None))
@@ -656,7 +649,7 @@ def test_two_reconcilers_racing_write_one_finished(sessions, hooks) -> None:  # 
     assert kinds == ["worker_lost"]
 
 
-def test_a_second_delivery_for_one_attempt_and_event_is_refused(sessions, hooks) -> None:  # noqa: ANN001
+def test_a_second_delivery_for_one_attempt_and_event_is_refused(sessions, hooks) -> None:
     from sqlalchemy.exc import IntegrityError
 
     d = add_delivery(sessions, "http://x/")
@@ -678,7 +671,7 @@ def test_a_second_delivery_for_one_attempt_and_event_is_refused(sessions, hooks)
         s.commit()
 
 
-def test_https_to_the_pinned_ip_names_the_host_in_tls(sessions, hooks, monkeypatch) -> None:  # noqa: ANN001
+def test_https_to_the_pinned_ip_names_the_host_in_tls(sessions, hooks, monkeypatch) -> None:
     """The connection goes to the checked IP, and the TLS ClientHello carries the name as its
     server name (SNI; the certificate is checked against it too): read off the wire here."""
     import socket

@@ -12,12 +12,12 @@ class LossCurve(Instrument):
         self.tail = tail  # final_loss averages the last `tail` finite steps: one batch is noisy
         self.recent: list[float] = []
 
-    def after_step(self, run, ctx) -> None:  # noqa: ANN001
+    def after_step(self, run, ctx) -> None:
         run.recorder.record("loss", ctx.step, ctx.loss_value)
         if ctx.accuracy is not None:
             run.recorder.record("accuracy", ctx.step, ctx.accuracy)
         if ctx.finite:
             self.recent = (self.recent + [ctx.loss_value])[-self.tail :]
 
-    def summary(self, run) -> dict[str, Any]:  # noqa: ANN001
+    def summary(self, run) -> dict[str, Any]:
         return {"final_loss": sum(self.recent) / len(self.recent) if self.recent else None}

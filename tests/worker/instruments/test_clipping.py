@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.worker.instruments.helpers import small_spec
+from tests.factories import make_spec as small_spec
 from worker.instruments.clipping import Clipping
 from worker.instruments.grad_norms import GradNorms
 from worker.train import train

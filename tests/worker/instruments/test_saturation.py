@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from models.cells import ElmanLayer
-from tests.worker.instruments.helpers import small_spec
+from tests.factories import make_spec as small_spec
 from worker.instruments.saturation import Saturation, dead_relu, layer_saturation
 from worker.train import train
 

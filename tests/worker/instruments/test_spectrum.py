@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from models import RecurrentNet, init_recurrent_net
-from tests.worker.instruments.helpers import small_spec
+from tests.factories import make_spec as small_spec
 from worker.instruments.spectrum import Spectrum, block_spectrum
 from worker.train import train
 

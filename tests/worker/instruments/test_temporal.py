@@ -25,7 +25,7 @@ ACTS = {
 }
 
 
-def reference_step(net: RecurrentNet, layer: nn.Module, x: Tensor, state):  # noqa: ANN001, ANN201
+def reference_step(net: RecurrentNet, layer: nn.Module, x: Tensor, state):
     """One time step from the PyTorch documentation's equations."""
     wi, wh, bi, bh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
     if net.cell == "lstm":
@@ -69,7 +69,7 @@ def fast_profiles(net: RecurrentNet, x: Tensor, y: Tensor, method: str = "closed
     return [p.numpy() for p in profiles(net.rnn, out, method)]
 
 
-def make_net(cell: str, act: str | None, layers: int, residual: bool, dtype, gain=1.0):  # noqa: ANN001, ANN201
+def make_net(cell: str, act: str | None, layers: int, residual: bool, dtype, gain=1.0):
     torch.manual_seed(0)
     net = RecurrentNet(
         3, 1, cell=cell, activation=act, hidden_size=16, num_layers=layers, residual=residual
@@ -91,7 +91,7 @@ CASES = [("rnn", a) for a in ACTS] + [("lstm", None), ("gru", None)]
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("layers", "residual"), [(1, False), (3, False), (3, True)])
 @pytest.mark.parametrize(("cell", "act"), CASES, ids=[f"{c}-{a}" for c, a in CASES])
-def test_fast_profile_equals_unrolled_reference(cell, act, layers, residual, dtype) -> None:  # noqa: ANN001
+def test_fast_profile_equals_unrolled_reference(cell, act, layers, residual, dtype) -> None:
     net, x, y = make_net(cell, act, layers, residual, dtype)
     want = reference_profiles(net, x, y)
     net.zero_grad()
@@ -104,7 +104,7 @@ def test_fast_profile_equals_unrolled_reference(cell, act, layers, residual, dty
 
 
 @pytest.mark.parametrize(("cell", "act"), [("rnn", "tanh"), ("lstm", None), ("gru", None)])
-def test_unrolled_route_agrees_with_closed_form(cell, act) -> None:  # noqa: ANN001
+def test_unrolled_route_agrees_with_closed_form(cell, act) -> None:
     net, x, y = make_net(cell, act, 2, False, torch.float64)
     closed = fast_profiles(net, x, y, "closed")
     net.zero_grad()

@@ -1,6 +1,7 @@
 import pytest
 
-from tests.worker.instruments.helpers import Probe, small_spec
+from tests.factories import make_spec as small_spec
+from tests.worker.instruments.helpers import Probe
 from worker.instruments.base import Instrument
 from worker.instruments.update_ratio import UpdateRatio
 from worker.train import train
@@ -33,7 +34,7 @@ def test_sgd_update_is_lr_times_gradient() -> None:
 class MarkSkipped(Instrument):
     """Marks every step skipped, as the loop does for a non-finite one."""
 
-    def after_step(self, run, ctx) -> None:  # noqa: ANN001
+    def after_step(self, run, ctx) -> None:
         ctx.skipped = True
 
 

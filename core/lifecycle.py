@@ -1,0 +1,390 @@
+"""Every status change of an experiment, and the outbox row that goes with it.
+
+    queued --claim--> running --finish--> succeeded | diverged | failed | cancelled
+    queued --cancel--> cancelled             running --stale--> queued (retry) | failed
+                                             running --cancel requested--> (the run stops)
+
+Each change is one guarded UPDATE: it names the status (and for a running row the attempt) it
+expects, so of two writers racing for a row one wins and the other learns it lost. A worker
+presumed dead cannot overwrite its retry; a cancel cannot undo a claim. Functions take a
+session or a connection and leave the commit to the caller unless they say otherwise."""
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from core.errors import Problem
+from core.status import ACTIVE
+from core.tables import Event, Experiment, new_id, utcnow
+from core.traces import delete_earlier_attempts
+from core.webhooks import subscribed, terminal_delivery
+
+EXPERIMENTS = Experiment.__table__
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or Infinity (PostgreSQL refuses them): they are stored as the strings
+    "nan", "inf" and "-inf", which say more than a null would."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+# --- submit: queued, under the owner's cap ----------------------------------------------------
+
+
+def active_rows(owner: Any) -> Select:
+    """The owner's queued or running experiments, in the (owner, status) index."""
+    return select(EXPERIMENTS.c.id).where(
+        EXPERIMENTS.c.owner == owner, EXPERIMENTS.c.status.in_(sorted(ACTIVE))
+    )
+
+
+# The row goes in only when the owner has no cap-th active experiment yet: the cap check and
+# the insert in one statement, one round trip. It asks for the row at OFFSET cap - 1, an index
+# walk that stops there, never a count.
+_OWNER = bindparam("owner", type_=EXPERIMENTS.c.owner.type)
+INSERT_UNDER_CAP = (
+    insert(EXPERIMENTS)
+    .from_select(
+        [c.name for c in EXPERIMENTS.c],
+        select(
+            *(
+                _OWNER if c.name == "owner" else bindparam(c.name, type_=c.type)
+                for c in EXPERIMENTS.c
+            )
+        ).where(~exists(active_rows(_OWNER).offset(bindparam("cap_offset")).limit(1))),
+    )
+    .returning(EXPERIMENTS.c.id)
+)  # no row back: over the cap (rowcount is -1 on psycopg)
+
+
+UNSET_AT_SUBMIT = (
+    "worker",
+    "started_at",
+    "heartbeat_at",
+    "finished_at",
+    "summary",
+    "diagnosis",
+    "error",
+)
+
+
+def queued_values(
+    owner: str,
+    spec: dict[str, Any],
+    *,
+    name: str | None,
+    tags: list[str],
+    request_id: str | None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    sweep_id: str | None = None,
+    sweep_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every column of a new `queued` experiment running the normalised `spec`."""
+    now = utcnow()
+    return dict(
+        id=new_id(),
+        status="queued",
+        name=name,
+        tags=tags,
+        owner=owner,
+        spec=spec,
+        sweep_id=sweep_id,
+        sweep_params=sweep_params,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        request_id=request_id,
+        attempt=0,
+        cancel_requested=False,
+        progress_step=0,
+        total_steps=spec["train"]["steps"],
+        created_at=now,
+        enqueued_at=now,
+        **dict.fromkeys(UNSET_AT_SUBMIT),
+    )
+
+
+def insert_queued(conn: Connection, values: dict[str, Any], cap: int) -> bool:
+    """Insert a `queued` row (every column in `values`) unless the owner already has `cap`
+    active experiments. False when over the cap; nothing is written then."""
+    return conn.execute(INSERT_UNDER_CAP, {**values, "cap_offset": cap - 1}).first() is not None
+
+
+def over_cap(conn: Connection | Session, owner: str, adding: int, cap: int) -> Problem:
+    active = conn.scalar(select(func.count()).select_from(active_rows(owner).subquery()))
+    return Problem(
+        429,
+        "Too many active experiments",
+        f"{active} queued or running; adding {adding} would pass the cap of {cap}",
+        "active-cap",
+        headers={"Retry-After": "30"},
+        active=active,
+        cap=cap,
+    )
+
+
+def check_active_cap(session: Session, owner: str, adding: int, cap: int) -> None:
+    """429 when the owner's queued + running experiments would pass the cap."""
+    # Is there a (cap - adding + 1)-th active row? An index walk that stops there, not a count.
+    if session.execute(active_rows(owner).offset(max(cap - adding, 0)).limit(1)).first():
+        raise over_cap(session, owner, adding, cap)
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+def cancel_queued(session: Session, which: ColumnElement[bool], now: datetime) -> list[str]:
+    """queued -> cancelled for the experiments `which` picks, in one guarded UPDATE (a worker
+    may claim one meanwhile: it is left alone); the `finished` webhook of each one cancelled
+    here, if subscribed, in the same transaction. Returns the ids cancelled."""
+    ids = list(
+        session.scalars(
+            update(Experiment)
+            .where(which, Experiment.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=now)
+            .returning(Experiment.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if ids:
+        fresh = select(Experiment).where(Experiment.id.in_(ids))
+        for row in session.scalars(fresh.execution_options(populate_existing=True)):
+            if (note := terminal_delivery(row)) is not None:
+                session.add(note)
+    return ids
+
+
+def request_cancel_running(session: Session, which: ColumnElement[bool]) -> int:
+    """Flag the running experiments `which` picks; each run stops at its next cancel poll.
+    Returns how many were flagged."""
+    res = session.execute(
+        update(Experiment)
+        .where(which, Experiment.status == "running")
+        .values(cancel_requested=True)
+    )
+    return res.rowcount
+
+
+def cancel_requested(session: Session, experiment_id: str) -> bool:
+    return bool(
+        session.scalar(select(Experiment.cancel_requested).where(Experiment.id == experiment_id))
+    )
+
+
+# --- a worker's attempt ---------------------------------------------------------------------
+
+
+def ours(experiment_id: str, attempt: int) -> tuple:
+    """The rows this attempt may still write: running, and not handed to another attempt."""
+    return (
+        Experiment.id == experiment_id,
+        Experiment.attempt == attempt,
+        Experiment.status == "running",
+    )
+
+
+def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
+    """queued -> running, atomically: of two deliveries of the same message, one wins.
+    Commits; None when another claim (or a cancel) came first."""
+    now = utcnow()
+    res = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.status == "queued",
+            Experiment.cancel_requested.is_(False),
+        )
+        .values(
+            status="running",
+            attempt=Experiment.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            progress_step=0,
+        )
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return None
+    row = session.get(Experiment, experiment_id, populate_existing=True)
+    assert row is not None
+    delete_earlier_attempts(session, experiment_id, row.attempt)
+    # The record of why an attempt was retried stays.
+    session.execute(
+        delete(Event).where(
+            Event.experiment_id == experiment_id,
+            Event.attempt < row.attempt,
+            Event.kind != "worker_lost",
+        )
+    )
+    session.commit()
+    return row
+
+
+def record_progress(session: Session, experiment_id: str, attempt: int, step: int) -> bool:
+    """The attempt's progress and heartbeat; False (rolled back) when the row is not ours."""
+    res = session.execute(
+        update(Experiment)
+        .where(*ours(experiment_id, attempt))
+        .values(progress_step=step, heartbeat_at=utcnow())
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return False
+    return True
+
+
+def heartbeat(session: Session, experiment_id: str, attempt: int) -> tuple[bool, bool]:
+    """Commits the beat. Returns (still ours, cancel requested)."""
+    res = session.execute(
+        update(Experiment).where(*ours(experiment_id, attempt)).values(heartbeat_at=utcnow())
+    )
+    session.commit()
+    if res.rowcount != 1:
+        return False, False
+    return True, cancel_requested(session, experiment_id)
+
+
+def finish(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    status: str,
+    *,
+    summary: dict[str, Any] | None = None,
+    diagnosis: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    progress_step: int | None = None,
+) -> bool:
+    """running -> `status` for this attempt, with its `finished` delivery if subscribed.
+    Commits; False when the row was no longer ours."""
+    values: dict[str, Any] = dict(
+        status=status,
+        summary=json_safe(summary),
+        diagnosis=json_safe(diagnosis),
+        error=error,
+        finished_at=utcnow(),
+    )
+    if progress_step is not None:
+        values["progress_step"] = progress_step
+    # RETURNING the spec: the row is read back only when it asks for the `finished` webhook.
+    # The guard lets one finish per attempt through (of the worker, the reconciler and a
+    # cancel, one moves the row out of `running`), so one `finished` delivery per attempt.
+    updated = session.execute(
+        update(Experiment)
+        .where(*ours(experiment_id, attempt))
+        .values(**values)
+        .returning(Experiment.id, Experiment.spec),
+        execution_options={"synchronize_session": False},
+    ).first()
+    done = updated is not None
+    if updated is not None and subscribed(updated.spec, "finished"):
+        row = session.get(Experiment, experiment_id, populate_existing=True)
+        if row is not None and (note := terminal_delivery(row)) is not None:
+            session.add(note)  # the outbox: stored with the final status or not at all
+    session.commit()
+    return done
+
+
+# --- the reconciler -------------------------------------------------------------------------
+
+
+def stale_running(session: Session, cutoff: datetime) -> list[Experiment]:
+    """Running rows whose heartbeat is older than `cutoff`, locked where the database can."""
+    return list(
+        session.scalars(
+            select(Experiment)
+            .where(Experiment.status == "running", Experiment.heartbeat_at < cutoff)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+
+
+def settle_stale(
+    session: Session, row: Experiment, cutoff: datetime, max_attempts: int, stale_after_s: float
+) -> bool:
+    """A stale running row goes back to `queued`, or to `cancelled` when a cancel was asked,
+    or to `failed` once its attempts are spent; with its `worker_lost` event and `finished`
+    delivery. False when the row moved meanwhile (nothing written)."""
+    now = utcnow()
+    detail: dict[str, Any] = {"worker": row.worker, "attempt": row.attempt}
+    values: dict[str, Any]
+    if row.cancel_requested:
+        values = {"status": "cancelled", "finished_at": now}
+    elif row.attempt >= max_attempts:
+        values = {
+            "status": "failed",
+            "finished_at": now,
+            "error": {
+                "type": "worker_lost",
+                "message": f"no heartbeat for {stale_after_s:.0f} s on attempt "
+                f"{row.attempt} of {max_attempts}; giving up",
+                **detail,
+            },
+        }
+    else:
+        values = {"status": "queued", "enqueued_at": now}
+    # Guarded: FOR UPDATE is a no-op on SQLite, so another reconciler (or the worker, beating
+    # again or finishing) may have moved the row since it was read. Only the update that
+    # matches writes the event and the `finished` delivery.
+    res = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == row.id,
+            Experiment.status == "running",
+            Experiment.attempt == row.attempt,
+            Experiment.heartbeat_at < cutoff,
+        )
+        .values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    if res.rowcount != 1:
+        return False
+    session.refresh(row)
+    if (note := terminal_delivery(row)) is not None:
+        session.add(note)
+    session.add(
+        Event(
+            experiment_id=row.id,
+            attempt=row.attempt,
+            step=row.progress_step,
+            kind="worker_lost",
+            detail={**detail, "now": row.status},
+        )
+    )
+    return True
+
+
+def forgotten_queued(session: Session, now: datetime, requeue_after_s: float) -> list[str]:
+    """Queued rows not sent for `requeue_after_s`: marked sent now; their ids, to send again."""
+    rows = session.scalars(
+        select(Experiment)
+        .where(
+            Experiment.status == "queued",
+            Experiment.enqueued_at < now - timedelta(seconds=requeue_after_s),
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        row.enqueued_at = now
+    return [row.id for row in rows]

@@ -1,0 +1,30 @@
+"""An owner's rows by id. Another owner's id reads as missing (404), never as forbidden, so ids
+cannot be probed across tenants."""
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import Problem
+from core.tables import Experiment, Sweep
+
+MAX_ID_LEN = 36
+
+
+def get_experiment(session: Session, experiment_id: str, owner: str) -> Experiment:
+    row = session.get(Experiment, experiment_id) if len(experiment_id) <= MAX_ID_LEN else None
+    if row is None or row.owner != owner:
+        raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
+    return row
+
+
+def get_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
+    row = session.get(Sweep, sweep_id) if len(sweep_id) <= MAX_ID_LEN else None
+    if row is None or row.owner != owner:
+        raise Problem(404, "Not found", f"no sweep {sweep_id!r}", "not-found")
+    return row
+
+
+def sweep_experiments(session: Session, sweep: Sweep) -> list[Experiment]:
+    """The sweep's experiments in the order they were made."""
+    q = select(Experiment).where(Experiment.sweep_id == sweep.id)
+    return list(session.scalars(q.order_by(Experiment.created_at)))
