@@ -76,3 +76,9 @@ def test_route_modules_do_not_import_each_other() -> None:
         ]
         assert siblings == [], f"{path.name} imports {siblings}"
     assert routes  # the folder was read
+
+
+def test_the_user_package_needs_httpx_only() -> None:
+    """`pip install gradlab` without the worker: no torch, no server libraries on import."""
+    loaded = modules_loaded_by("import gradlab, gradlab.cli")
+    assert not loaded & {"torch", "fastapi", "starlette", "sqlalchemy", "celery", "core", "api"}

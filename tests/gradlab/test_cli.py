@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import ApiError, Client, UnsafeArchive, extract_archive
-from client.cli import main
+from gradlab.cli import main
+from gradlab.client import ApiError, Client, UnsafeArchive, extract_archive
 from tests.factories import SMALL
 from tests.serving import ROOT, uvicorn, worker_thread
 
@@ -111,7 +111,7 @@ def test_key_from_environment_or_data_file(client, monkeypatch, tmp_path: Path) 
 
 def test_console_script_is_packaged() -> None:
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts.get("gradlab") == "client.cli:main"
+    assert scripts.get("gradlab") == "gradlab.cli:main"
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -121,7 +121,7 @@ def test_cli_process_over_loopback(backend, sessions, api_key, tmp_path: Path) -
     with uvicorn(backend.env(), tmp_path / "uvicorn.log") as base, worker_thread(sessions):
         env = {"GRADLAB_URL": base, "GRADLAB_KEY": api_key("tester"), "PYTHONPATH": str(ROOT)}
         done = subprocess.run(
-            [sys.executable, "-m", "client", "submit", str(spec), "--wait", "--poll", "0.2"],
+            [sys.executable, "-m", "gradlab", "submit", str(spec), "--wait", "--poll", "0.2"],
             capture_output=True,
             text=True,
             timeout=300,
@@ -211,3 +211,11 @@ def test_export_of_an_unsafe_archive_is_exit_1(capsys, tmp_path: Path) -> None:
         code = main(["export", "x", "--tensorboard", str(tmp_path / "logs")], http=http)
     assert code == 1 and "refusing archive member '../evil'" in capsys.readouterr().err
     assert not (tmp_path / "evil").exists() and not (tmp_path / "logs").exists()
+
+
+def test_the_client_knows_the_services_terminal_statuses() -> None:
+    """The client waits for these; it carries its own copy so it needs no server package."""
+    from core.status import TERMINAL
+    from gradlab.client import TERMINAL as CLIENT_TERMINAL
+
+    assert CLIENT_TERMINAL == TERMINAL

@@ -1,6 +1,6 @@
 """A small Python client for the gradlab API, on httpx.
 
-    from client import Client
+    from gradlab import Client
     with Client("http://127.0.0.1:8000", key) as gl:
         exp = gl.submit({"task": {"seq_len": 50}})
         exp = gl.wait(exp["id"])

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from client import ApiError, Client, UnsafeArchive, default_url
+from gradlab.client import ApiError, Client, UnsafeArchive, default_url
 
 
 def _load(path: str) -> Any:
