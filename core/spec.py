@@ -173,7 +173,14 @@ class TrainSpec(Strict):
 # The instruments a spec may switch on or off (loss, gradient norms and the first non-finite
 # origin always run). worker/instruments/__init__.py maps each name to its class; a test holds
 # the two equal, so a name accepted here is never silently not run.
-OPTIONAL_INSTRUMENTS = ("temporal", "spectrum", "saturation", "update_ratio", "clipping")
+OPTIONAL_INSTRUMENTS = (
+    "temporal",
+    "spectrum",
+    "saturation",
+    "update_ratio",
+    "clipping",
+    "gates",
+)
 OptionalInstrument = Literal[OPTIONAL_INSTRUMENTS]
 
 

@@ -4,6 +4,7 @@ from core.spec import OPTIONAL_INSTRUMENTS, ExperimentCreate
 from worker.instruments.base import Batch, Instrument, Recorder
 from worker.instruments.clipping import Clipping
 from worker.instruments.exploding import ExplodingAlarm
+from worker.instruments.gates import ForgetGates
 from worker.instruments.grad_norms import GradNorms
 from worker.instruments.loss import LossCurve
 from worker.instruments.nonfinite import FirstNonfinite
@@ -20,6 +21,7 @@ OPTIONAL: dict[str, type[Instrument]] = {
     "saturation": Saturation,
     "update_ratio": UpdateRatio,
     "clipping": Clipping,
+    "gates": ForgetGates,
 }
 
 
