@@ -180,6 +180,7 @@ OPTIONAL_INSTRUMENTS = (
     "update_ratio",
     "clipping",
     "gates",
+    "credit",
 )
 OptionalInstrument = Literal[OPTIONAL_INSTRUMENTS]
 

@@ -3,6 +3,7 @@
 from core.spec import OPTIONAL_INSTRUMENTS, ExperimentCreate
 from worker.instruments.base import Batch, Instrument, Recorder
 from worker.instruments.clipping import Clipping
+from worker.instruments.credit import Credit
 from worker.instruments.exploding import ExplodingAlarm
 from worker.instruments.gates import ForgetGates
 from worker.instruments.grad_norms import GradNorms
@@ -22,6 +23,7 @@ OPTIONAL: dict[str, type[Instrument]] = {
     "update_ratio": UpdateRatio,
     "clipping": Clipping,
     "gates": ForgetGates,
+    "credit": Credit,
 }
 
 
