@@ -181,6 +181,7 @@ OPTIONAL_INSTRUMENTS = (
     "clipping",
     "gates",
     "credit",
+    "lyapunov",
 )
 OptionalInstrument = Literal[OPTIONAL_INSTRUMENTS]
 
@@ -188,6 +189,12 @@ OptionalInstrument = Literal[OPTIONAL_INSTRUMENTS]
 class InstrumentSpec(Strict):
     every: int = Field(10, ge=1, le=10_000, description="instrumented-step interval")
     val_every: int = Field(100, ge=1, le=100_000, description="validation interval")
+    dynamics_every: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="the costly dynamics instruments (lyapunov) run every n-th instrumented step",
+    )
     on: list[OptionalInstrument] = Field(
         default_factory=lambda: list(OPTIONAL_INSTRUMENTS),
         description="which instruments run beyond loss and gradient norms (always on); default all",

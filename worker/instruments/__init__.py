@@ -8,6 +8,7 @@ from worker.instruments.exploding import ExplodingAlarm
 from worker.instruments.gates import ForgetGates
 from worker.instruments.grad_norms import GradNorms
 from worker.instruments.loss import LossCurve
+from worker.instruments.lyapunov import Lyapunov
 from worker.instruments.nonfinite import FirstNonfinite
 from worker.instruments.saturation import Saturation
 from worker.instruments.spectrum import Spectrum
@@ -24,6 +25,7 @@ OPTIONAL: dict[str, type[Instrument]] = {
     "clipping": Clipping,
     "gates": ForgetGates,
     "credit": Credit,
+    "lyapunov": Lyapunov,
 }
 
 

@@ -63,6 +63,7 @@ def test_instrument_toggles_in_the_spec() -> None:
         "clipping",
         "gates",
         "credit",
+        "lyapunov",
     ]
     only = default_instruments(small_spec(instrument={"on": ["spectrum"]}))
     assert [i.name for i in only] == ["loss", "grad_norms", "nonfinite", "spectrum"]
