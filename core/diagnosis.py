@@ -40,6 +40,9 @@ EXPLODING_RATIO = 1e3
 EXPLODING_GRAD_NORM = 1e4
 HORIZON_FRACTION = 1e-3
 MIN_SEQ_LEN = 3
+# The dynamics evidence covers the last WINDOW_STEPS instrumented steps with a finite loss and
+# finite gradients (the instruments keep that window; the verdict reads it).
+WINDOW_STEPS = 5
 GAMMA = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0, "leaky_relu": 1.0, "elu": 1.0, "linear": 1.0}
 
 

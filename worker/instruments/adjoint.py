@@ -152,7 +152,9 @@ def activation_derivative(act: str, layer: nn.Module, x: Tensor, h: Tensor) -> T
     if act == "relu":
         return (h > 0).to(h.dtype)
     if act == "leaky_relu":
-        return torch.where(h > 0, 1.0, 0.01).to(h.dtype)
+        # In the run's dtype from the start: a python-float where() is float32, and 0.01 cast
+        # up from float32 is 0.0099999998 in a float64 run.
+        return torch.where(h > 0, torch.ones_like(h), torch.full_like(h, 0.01))
     if act == "linear":
         return torch.ones_like(h)
     if act == "elu":
@@ -184,7 +186,8 @@ def _lstm_coef(v: Tensor, c: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     return coef, o - o * tc * tc
 
 
-def _lstm(w_hh: Tensor, g: Gates, direct: Tensor) -> Tensor:
+def _lstm(w_hh: Tensor, g: Gates, direct: Tensor, cell_out: Tensor | None = None) -> Tensor:
+    """dL/dh_t; the total dL/dc_t is written into `cell_out` (T, B, H) when given."""
     v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
     assert c is not None
     t_len, b, n = direct.shape
@@ -198,6 +201,8 @@ def _lstm(w_hh: Tensor, g: Gates, direct: Tensor) -> Tensor:
         for t in range(e - 1, s - 1, -1):
             k = t - s
             ac = torch.addcmul(carry, a[t], keep[k])  # total dL/dc_t, (B, H)
+            if cell_out is not None:
+                cell_out[t] = ac
             torch.mul(coef[k, :, :3], ac.unsqueeze(1), out=dz[:, :3])
             torch.mul(coef[k, :, 3], a[t], out=dz[:, 3])
             if t > 0:
@@ -270,11 +275,17 @@ def _zero(x: Tensor, layer: nn.Module) -> Tensor:
 
 
 def hidden_adjoint(
-    layer: nn.Module, x: Tensor, h: Tensor, direct: Tensor, method: str = "closed"
+    layer: nn.Module,
+    x: Tensor,
+    h: Tensor,
+    direct: Tensor,
+    method: str = "closed",
+    cell_out: Tensor | None = None,
 ) -> Tensor | None:
     """dL/dh_t for every t, (T, B, H); None for a layer with no known route.
 
-    x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient."""
+    x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient.
+    cell_out (lstm, closed form): filled with the total dL/dc_t, (T, B, H)."""
     kind = layer_kind(layer)
     if kind is None:
         return None
@@ -285,7 +296,7 @@ def hidden_adjoint(
     with torch.no_grad():
         w_hh = layer.weight_hh_l0.detach()
         if kind == "lstm":
-            return _lstm(w_hh, gates(layer, x, h), direct)
+            return _lstm(w_hh, gates(layer, x, h), direct, cell_out)
         if kind == "gru":
             return _gru(w_hh, gates(layer, x, h), h, direct)
         dfdz = activation_derivative(kind.split(":", 1)[1], layer, x, h)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.factories import make_spec as small_spec
+from tests.factories import make_spec
 from worker.instruments.clipping import Clipping
 from worker.instruments.grad_norms import GradNorms
 from worker.train import train
@@ -9,7 +9,7 @@ from worker.train import train
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e6])
 def test_clip_by_norm_leaves_min_of_norm_and_max_norm(max_norm: float) -> None:
-    spec = small_spec(
+    spec = make_spec(
         train={"steps": 4, "dtype": "float64", "clip": {"mode": "norm", "max_norm": max_norm}}
     )
     res = train(spec, [GradNorms(), Clipping()])
@@ -26,7 +26,7 @@ def test_clip_by_norm_leaves_min_of_norm_and_max_norm(max_norm: float) -> None:
 
 
 def test_no_clipping_leaves_the_norm() -> None:
-    spec = small_spec(train={"steps": 2, "clip": {"mode": "none"}})
+    spec = make_spec(train={"steps": 2, "clip": {"mode": "none"}})
     res = train(spec, [GradNorms(), Clipping()])
     np.testing.assert_allclose(
         res.batch.series["clip/after"][1], res.batch.series["grad_norm_total"][1], rtol=1e-6

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from models.cells import ElmanLayer
-from tests.factories import make_spec as small_spec
+from tests.factories import make_spec
 from worker.instruments.saturation import Saturation, dead_relu, layer_saturation
 from worker.train import train
 
@@ -45,7 +45,7 @@ def test_lstm_gates_forced_saturated_by_their_biases() -> None:
 
 
 def test_recorded_during_training() -> None:
-    spec = small_spec(model={"cell": "rnn", "activation": "relu", "num_layers": 2})
+    spec = make_spec(model={"cell": "rnn", "activation": "relu", "num_layers": 2})
     res = train(spec, [Saturation()])
     steps, v = res.batch.series["saturation/1/dead_relu"]
     assert steps == [0, 1, 2] and ((v >= 0) & (v <= 1)).all()

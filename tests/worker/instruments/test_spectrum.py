@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from models import RecurrentNet, init_recurrent_net
-from tests.factories import make_spec as small_spec
+from tests.factories import make_spec
 from worker.instruments.spectrum import Spectrum, block_spectrum
 from worker.train import train
 
@@ -35,7 +35,7 @@ def test_gate_blocks_match_torch_linalg_on_each_block() -> None:
 
 
 def test_recorded_per_layer_and_block_during_training() -> None:
-    spec = small_spec(
+    spec = make_spec(
         model={"cell": "gru", "num_layers": 2, "init": {"recurrent": "orthogonal", "gain": 0.8}},
         train={"steps": 2, "optimizer": {"name": "sgd", "lr": 1e-9}},
     )
@@ -51,7 +51,7 @@ def test_recorded_per_layer_and_block_during_training() -> None:
 def test_instrument_toggles_in_the_spec() -> None:
     from worker.instruments import default_instruments
 
-    names = [i.name for i in default_instruments(small_spec())]
+    names = [i.name for i in default_instruments(make_spec())]
     assert names == [
         "loss",
         "grad_norms",
@@ -61,6 +61,9 @@ def test_instrument_toggles_in_the_spec() -> None:
         "saturation",
         "update_ratio",
         "clipping",
+        "gates",
+        "credit",
+        "lyapunov",
     ]
-    only = default_instruments(small_spec(instrument={"on": ["spectrum"]}))
+    only = default_instruments(make_spec(instrument={"on": ["spectrum"]}))
     assert [i.name for i in only] == ["loss", "grad_norms", "nonfinite", "spectrum"]

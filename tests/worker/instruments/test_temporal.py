@@ -198,3 +198,16 @@ def test_norm_layers_go_through_the_generic_route(cell: str) -> None:
     net.zero_grad()
     for g, w in zip(fast_profiles(net, x, y), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10)
+
+
+def test_leaky_relu_slope_is_exact_in_float64() -> None:
+    from worker.instruments.adjoint import activation_derivative
+
+    h = torch.tensor([[[-1.0, 2.0]]], dtype=torch.float64)
+    d = activation_derivative("leaky_relu", nn.Identity(), h, h)
+    assert d.dtype == torch.float64 and d[0, 0, 0].item() == 0.01 and d[0, 0, 1].item() == 1.0
+
+
+def test_summary_records_the_thread_count() -> None:
+    spec = ExperimentCreate.model_validate({"train": {"steps": 1, "device": "cpu"}})
+    assert train(spec, []).summary["torch_threads"] == torch.get_num_threads()

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.factories import make_spec as small_spec
+from tests.factories import make_spec
 from tests.worker.instruments.helpers import Probe
 from worker.instruments.base import Instrument
 from worker.instruments.update_ratio import UpdateRatio
@@ -9,7 +9,7 @@ from worker.train import train
 
 def test_sgd_update_is_lr_times_gradient() -> None:
     lr = 0.05
-    spec = small_spec(
+    spec = make_spec(
         train={
             "steps": 3,
             "dtype": "float64",
@@ -39,6 +39,6 @@ class MarkSkipped(Instrument):
 
 
 def test_no_ratio_on_a_skipped_step() -> None:
-    res = train(small_spec(train={"steps": 2}), [MarkSkipped(), UpdateRatio()])
+    res = train(make_spec(train={"steps": 2}), [MarkSkipped(), UpdateRatio()])
     assert not any(k.startswith("update_ratio/") for k in res.batch.series)
     assert res.summary["update_ratio"] == {}
