@@ -184,7 +184,8 @@ def _lstm_coef(v: Tensor, c: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     return coef, o - o * tc * tc
 
 
-def _lstm(w_hh: Tensor, g: Gates, direct: Tensor) -> Tensor:
+def _lstm(w_hh: Tensor, g: Gates, direct: Tensor, cell_norms: Tensor | None = None) -> Tensor:
+    """dL/dh_t; with `cell_norms` (T,) also ||dL/dc_t|| (the total along the cell path)."""
     v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
     assert c is not None
     t_len, b, n = direct.shape
@@ -198,6 +199,8 @@ def _lstm(w_hh: Tensor, g: Gates, direct: Tensor) -> Tensor:
         for t in range(e - 1, s - 1, -1):
             k = t - s
             ac = torch.addcmul(carry, a[t], keep[k])  # total dL/dc_t, (B, H)
+            if cell_norms is not None:
+                cell_norms[t] = ac.norm()
             torch.mul(coef[k, :, :3], ac.unsqueeze(1), out=dz[:, :3])
             torch.mul(coef[k, :, 3], a[t], out=dz[:, 3])
             if t > 0:
@@ -270,11 +273,17 @@ def _zero(x: Tensor, layer: nn.Module) -> Tensor:
 
 
 def hidden_adjoint(
-    layer: nn.Module, x: Tensor, h: Tensor, direct: Tensor, method: str = "closed"
+    layer: nn.Module,
+    x: Tensor,
+    h: Tensor,
+    direct: Tensor,
+    method: str = "closed",
+    cell_norms: Tensor | None = None,
 ) -> Tensor | None:
     """dL/dh_t for every t, (T, B, H); None for a layer with no known route.
 
-    x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient."""
+    x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient.
+    cell_norms: a (T,) tensor an lstm's closed form fills with ||dL/dc_t||."""
     kind = layer_kind(layer)
     if kind is None:
         return None
@@ -285,7 +294,7 @@ def hidden_adjoint(
     with torch.no_grad():
         w_hh = layer.weight_hh_l0.detach()
         if kind == "lstm":
-            return _lstm(w_hh, gates(layer, x, h), direct)
+            return _lstm(w_hh, gates(layer, x, h), direct, cell_norms)
         if kind == "gru":
             return _gru(w_hh, gates(layer, x, h), h, direct)
         dfdz = activation_derivative(kind.split(":", 1)[1], layer, x, h)
