@@ -173,13 +173,28 @@ class TrainSpec(Strict):
 # The instruments a spec may switch on or off (loss, gradient norms and the first non-finite
 # origin always run). worker/instruments/__init__.py maps each name to its class; a test holds
 # the two equal, so a name accepted here is never silently not run.
-OPTIONAL_INSTRUMENTS = ("temporal", "spectrum", "saturation", "update_ratio", "clipping")
+OPTIONAL_INSTRUMENTS = (
+    "temporal",
+    "spectrum",
+    "saturation",
+    "update_ratio",
+    "clipping",
+    "gates",
+    "credit",
+    "lyapunov",
+)
 OptionalInstrument = Literal[OPTIONAL_INSTRUMENTS]
 
 
 class InstrumentSpec(Strict):
     every: int = Field(10, ge=1, le=10_000, description="instrumented-step interval")
     val_every: int = Field(100, ge=1, le=100_000, description="validation interval")
+    dynamics_every: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="the costly dynamics instruments (lyapunov) run every n-th instrumented step",
+    )
     on: list[OptionalInstrument] = Field(
         default_factory=lambda: list(OPTIONAL_INSTRUMENTS),
         description="which instruments run beyond loss and gradient norms (always on); default all",

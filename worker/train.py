@@ -19,6 +19,7 @@ from core.spec import ExperimentCreate
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from worker.datasets import SequenceTask, make_task
 from worker.instruments.base import Batch, Instrument, Run, StepContext
+from worker.instruments.grad_norms import scaled_norms
 from worker.nan_origin import locate_nonfinite
 from worker.optim import lr_factor, make_optimizer, set_lr
 
@@ -197,7 +198,7 @@ def train(
 
         out, pred = forward(run, x)
         loss = task.loss(pred, y)
-        ctx = StepContext(step, out, pred.detach(), loss.detach())
+        ctx = StepContext(step, out, pred.detach(), loss.detach(), x, y)
         for ins in instruments:
             ins.before_backward(run, ctx)
         extra = penalty(model, spec.train.l1, spec.train.l2)
@@ -210,6 +211,13 @@ def train(
         ctx.accuracy = None if acc is None else float(acc)
         # One host sync per step: the policy decides on it before the optimiser moves.
         ctx.loss_value, ctx.grad_norm_value = (float(v) for v in torch.stack([loss.detach(), norm]))
+        if math.isfinite(ctx.loss_value) and not math.isfinite(ctx.grad_norm_value):
+            # Finite entries whose sum of squares overflowed: the scaled norm is the true one.
+            scaled = scaled_norms(grads)
+            if scaled is not None:
+                norm = ctx.grad_norm = scaled[0]
+                ctx.grad_norm_value, ctx.norm_overflow = float(norm), True
+                run.recorder.event(step, "norm_overflow", grad_norm=ctx.grad_norm_value)
         ctx.finite = math.isfinite(ctx.loss_value) and math.isfinite(ctx.grad_norm_value)
         for ins in instruments:
             ins.after_backward(run, ctx)

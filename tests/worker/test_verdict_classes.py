@@ -108,7 +108,15 @@ def test_class5_lstm_with_an_open_cell_path_is_not_vanishing() -> None:
     lay = d["layers"][0]
     c = result.summary["temporal_profile"]["window"][-1]["cell_layers"][0]
     assert c["ratio_first_last"] > 0.9  # ||dL/dc_0|| is 97 % of ||dL/dc_{T-1}||
-    assert lay["states"]["c"]["verdict"] == "healthy" and d["verdict"] == "healthy"
+    assert lay["states"]["h"]["ratio_first_last"] < 1e-3  # what the old rule read as vanishing
+    assert lay["verdict"] == lay["states"]["c"]["verdict"] == "healthy"
+    # The shut input gate writes nothing: the credit at the marked values is ~5e-5 of ideal,
+    # and the network-level check says so, naming the credit, not the time path.
+    assert d["evidence"]["credit"]["ratio"] < 1e-3
+    assert d["verdict"] == "vanishing" and "credit" in d["reason"]
+    without_credit = {**spec, "instrument": {"every": 1, "on": ["temporal", "spectrum"]}}
+    _, d = run(without_credit, SetWeights(open_cell))
+    assert d["verdict"] == "healthy" and d["layers"][0]["basis"] == "h"
 
 
 def test_class6_three_tanh_layers_each_judged() -> None:

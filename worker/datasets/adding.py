@@ -31,5 +31,14 @@ class Adding(SequenceTask):
         target = (values[first, cols] + values[second, cols]).unsqueeze(1)  # (B, 1)
         return torch.stack([values, markers], dim=2), target  # (T, B, 2), (B, 1)
 
+    def key_inputs(self, x: Tensor) -> tuple[Tensor, slice]:
+        # The two marked steps of each example, in time order: (2, B); the value channel.
+        marked = x[:, :, 1].t().nonzero()  # (2B, 2) rows (example, step), sorted
+        return marked[:, 1].view(-1, 2).t(), slice(0, 1)
+
+    def ideal_credit(self, dpred: Tensor) -> Tensor:
+        # target = v_1 + v_2: ideally dL/dv_k = dL/dpred for both marked values.
+        return dpred.norm().expand(2)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(pred, target)

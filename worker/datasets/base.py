@@ -45,6 +45,17 @@ class SequenceTask(ABC):
             return float(((target - target.mean(0)) ** 2).mean())
         return entropy(target)
 
+    def key_inputs(self, x: Tensor) -> tuple[Tensor, slice] | None:
+        """Where the task's information sits in a batch x (T, B, I): the time step of each key
+        input per example (K, B) and the input channels that carry it; None where it sits
+        nowhere in particular (the credit instrument then reports the profile over the input)."""
+        return None
+
+    def ideal_credit(self, dpred: Tensor) -> Tensor:
+        """Per key input, the norm over the batch of dL/d(key input) under ideal credit
+        assignment, from the gradient of the loss w.r.t. the prediction: (K,)."""
+        raise NotImplementedError
+
     def is_solved(self, val_loss: float, val_accuracy: float | None) -> bool:
         if self.solved_accuracy is not None:
             return val_accuracy is not None and val_accuracy >= self.solved_accuracy

@@ -39,6 +39,15 @@ class CopyMemory(SequenceTask):
         x = F.one_hot(seq, self.input_size).float()  # (T, B, 10)
         return x, target  # (T, B, 10), (T, B)
 
+    def key_inputs(self, x: Tensor) -> tuple[Tensor, slice]:
+        steps = torch.arange(N_COPY, device=x.device)
+        return steps.unsqueeze(1).expand(N_COPY, x.shape[1]), slice(None)  # (10, B), one-hot
+
+    def ideal_credit(self, dpred: Tensor) -> Tensor:
+        # Symbol k is recalled at step T - 10 + k: ideally the gradient its input receives is
+        # as large as the one its recall step's logits receive.
+        return dpred[-N_COPY:].flatten(1).norm(dim=1)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         # pred: (T, B, 9)
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))

@@ -3,9 +3,12 @@
 from core.spec import OPTIONAL_INSTRUMENTS, ExperimentCreate
 from worker.instruments.base import Batch, Instrument, Recorder
 from worker.instruments.clipping import Clipping
+from worker.instruments.credit import Credit
 from worker.instruments.exploding import ExplodingAlarm
+from worker.instruments.gates import ForgetGates
 from worker.instruments.grad_norms import GradNorms
 from worker.instruments.loss import LossCurve
+from worker.instruments.lyapunov import Lyapunov
 from worker.instruments.nonfinite import FirstNonfinite
 from worker.instruments.saturation import Saturation
 from worker.instruments.spectrum import Spectrum
@@ -20,6 +23,9 @@ OPTIONAL: dict[str, type[Instrument]] = {
     "saturation": Saturation,
     "update_ratio": UpdateRatio,
     "clipping": Clipping,
+    "gates": ForgetGates,
+    "credit": Credit,
+    "lyapunov": Lyapunov,
 }
 
 

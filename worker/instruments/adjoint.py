@@ -184,8 +184,8 @@ def _lstm_coef(v: Tensor, c: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     return coef, o - o * tc * tc
 
 
-def _lstm(w_hh: Tensor, g: Gates, direct: Tensor, cell_norms: Tensor | None = None) -> Tensor:
-    """dL/dh_t; with `cell_norms` (T,) also ||dL/dc_t|| (the total along the cell path)."""
+def _lstm(w_hh: Tensor, g: Gates, direct: Tensor, cell_out: Tensor | None = None) -> Tensor:
+    """dL/dh_t; the total dL/dc_t is written into `cell_out` (T, B, H) when given."""
     v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
     assert c is not None
     t_len, b, n = direct.shape
@@ -199,8 +199,8 @@ def _lstm(w_hh: Tensor, g: Gates, direct: Tensor, cell_norms: Tensor | None = No
         for t in range(e - 1, s - 1, -1):
             k = t - s
             ac = torch.addcmul(carry, a[t], keep[k])  # total dL/dc_t, (B, H)
-            if cell_norms is not None:
-                cell_norms[t] = ac.norm()
+            if cell_out is not None:
+                cell_out[t] = ac
             torch.mul(coef[k, :, :3], ac.unsqueeze(1), out=dz[:, :3])
             torch.mul(coef[k, :, 3], a[t], out=dz[:, 3])
             if t > 0:
@@ -278,12 +278,12 @@ def hidden_adjoint(
     h: Tensor,
     direct: Tensor,
     method: str = "closed",
-    cell_norms: Tensor | None = None,
+    cell_out: Tensor | None = None,
 ) -> Tensor | None:
     """dL/dh_t for every t, (T, B, H); None for a layer with no known route.
 
     x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient.
-    cell_norms: a (T,) tensor an lstm's closed form fills with ||dL/dc_t||."""
+    cell_out (lstm, closed form): filled with the total dL/dc_t, (T, B, H)."""
     kind = layer_kind(layer)
     if kind is None:
         return None
@@ -294,7 +294,7 @@ def hidden_adjoint(
     with torch.no_grad():
         w_hh = layer.weight_hh_l0.detach()
         if kind == "lstm":
-            return _lstm(w_hh, gates(layer, x, h), direct, cell_norms)
+            return _lstm(w_hh, gates(layer, x, h), direct, cell_out)
         if kind == "gru":
             return _gru(w_hh, gates(layer, x, h), h, direct)
         dfdz = activation_derivative(kind.split(":", 1)[1], layer, x, h)

@@ -63,10 +63,13 @@ class StepContext:
     output: RecurrentOutput
     pred: Tensor
     loss: Tensor
+    x: Tensor | None = None  # the batch's inputs (T, B, I) and targets
+    y: Tensor | None = None
     loss_value: float = math.nan
     accuracy: float | None = None
     grad_norm: Tensor | None = None  # global L2 norm before clipping
     grad_norm_value: float = math.nan
+    norm_overflow: bool = False  # every entry finite, the plain sum of squares was not
     finite: bool = True
     clipped: bool = False
     skipped: bool = False

@@ -1,27 +1,29 @@
 """Temporal profile: at instrumented steps, ||dL/dh_t|| (over batch and units) for every
 layer and time step, the whole backpropagation-through-time signal. Training keeps torch's
 fused modules; the totals are recovered from the outputs' own gradients (see adjoint.py).
+For an lstm the same backward recursion gives the cell path ||dL/dc_t|| (series
+`cell_temporal/{layer}`): a cell that keeps its memory shows a flat c-profile while the
+h-profile drops.
 
 Route chosen by measurement (bench/temporal_routes.py, 1 CPU thread, H=128, B=64): the
 closed-form adjoint costs about 0.2x to 0.4x of one training step (rnn, lstm, gru; T=100, 500),
 below the unrolled autograd recompute (about 0.6x to 0.9x), which stays the route for custom
-layers with `step()`. Series `temporal/{layer}`: a vector of T values per instrumented step.
-
-The summary keeps, for the diagnosis, the evidence of the first and last finite profiles and a
-window of the last WINDOW_STEPS finite ones (per layer, and for an lstm its cell path
-||dL/dc_t|| as `cell_layers`), oldest first."""
+layers with `step()`. Series `temporal/{layer}`: a vector of T values per instrumented step."""
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from core.diagnosis import WINDOW_STEPS, profile_evidence
 from models import RecurrentOutput
-from worker.instruments.adjoint import hidden_adjoint
+from worker.instruments.adjoint import hidden_adjoint, layer_kind
 from worker.instruments.base import Instrument, Run, StepContext
+
+Profiles = list[Tensor | None]
 
 
 def retain(output: RecurrentOutput) -> None:
@@ -31,24 +33,27 @@ def retain(output: RecurrentOutput) -> None:
             h.retain_grad()
 
 
-def profiles(
-    layers: nn.ModuleList,
-    output: RecurrentOutput,
-    method: str = "closed",
-    cells: list[Tensor | None] | None = None,
-) -> list[Tensor | None]:
-    """After backward: per layer ||dL/dh_t|| as a (T,) tensor, None where it has no route.
-    With `cells` (a list to fill): per layer ||dL/dc_t|| (T,) for an lstm's closed form, else
-    None."""
-    out: list[Tensor | None] = []
+def all_profiles(
+    layers: nn.ModuleList, output: RecurrentOutput, method: str = "closed"
+) -> tuple[Profiles, Profiles]:
+    """After backward: per layer ||dL/dh_t|| and (lstm, closed form) ||dL/dc_t||, each a (T,)
+    tensor, None where there is no route."""
+    hs: Profiles = []
+    cs: Profiles = []
     for layer, x, h in zip(layers, output.inputs, output.layers, strict=True):
-        want_cell = cells is not None and isinstance(layer, nn.LSTM) and method == "closed"
-        c = h.new_zeros(h.shape[0]) if want_cell and h.grad is not None else None
-        a = None if h.grad is None else hidden_adjoint(layer, x, h, h.grad, method, c)
-        out.append(None if a is None else a.flatten(1).norm(dim=1))  # (T,)
-        if cells is not None:
-            cells.append(c if a is not None else None)
-    return out
+        cell = torch.empty_like(h) if layer_kind(layer) == "lstm" and method == "closed" else None
+        a = None if h.grad is None else hidden_adjoint(layer, x, h, h.grad, method, cell)
+        hs.append(None if a is None else a.flatten(1).norm(dim=1))  # (T,)
+        cs.append(None if a is None or cell is None else cell.flatten(1).norm(dim=1))
+    return hs, cs
+
+
+def profiles(layers: nn.ModuleList, output: RecurrentOutput, method: str = "closed") -> Profiles:
+    return all_profiles(layers, output, method)[0]
+
+
+def _evidence(ps: Profiles) -> list[dict[str, Any] | None]:
+    return [None if p is None else profile_evidence(p.tolist()) for p in ps]
 
 
 class TemporalProfile(Instrument):
@@ -56,11 +61,9 @@ class TemporalProfile(Instrument):
 
     def __init__(self, method: str = "closed") -> None:
         self.method = method
-        self.last: tuple[int, list[Tensor | None]] | None = None  # the last finite profile
-        self.first: tuple[int, list[Tensor | None]] | None = None
-        self.window: deque[tuple[int, list[Tensor | None], list[Tensor | None]]] = deque(
-            maxlen=WINDOW_STEPS
-        )
+        self.last: tuple[int, Profiles] | None = None  # the last finite profile
+        self.first: tuple[int, Profiles] | None = None
+        self.window: deque[tuple[int, Profiles, Profiles]] = deque(maxlen=WINDOW_STEPS)
 
     def before_backward(self, run: Run, ctx: StepContext) -> None:
         if run.instrumented:
@@ -69,11 +72,12 @@ class TemporalProfile(Instrument):
     def after_backward(self, run: Run, ctx: StepContext) -> None:
         if not run.instrumented:
             return
-        cells: list[Tensor | None] = []
-        got = profiles(run.model.rnn, ctx.output, self.method, cells)
-        for layer, p in enumerate(got):
+        got, cells = all_profiles(run.model.rnn, ctx.output, self.method)
+        for layer, (p, c) in enumerate(zip(got, cells, strict=True)):
             if p is not None:
                 run.recorder.record(f"temporal/{layer}", ctx.step, p)
+            if c is not None:
+                run.recorder.record(f"cell_temporal/{layer}", ctx.step, c)
         if ctx.finite:
             self.last = (ctx.step, got)
             self.first = self.first or self.last
@@ -81,26 +85,17 @@ class TemporalProfile(Instrument):
 
     def summary(self, run: Run) -> dict[str, Any]:
         """The first and last finite profiles' evidence (ratio, log-rate, horizon per layer) for
-        the diagnosis; the profiles themselves are in the series."""
+        the diagnosis, and the window of the last finite ones (with the cell path for lstm);
+        the profiles themselves are in the series."""
 
-        def plain(snap: tuple[int, list[Tensor | None]] | None) -> dict[str, Any] | None:
-            if snap is None:
-                return None
-            step, ps = snap
-            return {
-                "step": step,
-                "layers": [None if p is None else profile_evidence(p.tolist()) for p in ps],
-            }
-
-        def evidence(ps: list[Tensor | None]) -> list[dict[str, Any] | None]:
-            return [None if p is None else profile_evidence(p.tolist()) for p in ps]
+        def plain(snap: tuple[int, Profiles] | None) -> dict[str, Any] | None:
+            return None if snap is None else {"step": snap[0], "layers": _evidence(snap[1])}
 
         window = []
-        lstm = run.spec.model.cell == "lstm"
-        for step, ps, cs in self.window:
-            entry: dict[str, Any] = {"step": step, "layers": evidence(ps)}
-            if lstm:
-                entry["cell_layers"] = evidence(cs)
+        for step, hs, cs in self.window:
+            entry: dict[str, Any] = {"step": step, "layers": _evidence(hs)}
+            if run.model.cell == "lstm":
+                entry["cell_layers"] = _evidence(cs)
             window.append(entry)
         return {
             "temporal_profile": {

@@ -61,6 +61,9 @@ def test_instrument_toggles_in_the_spec() -> None:
         "saturation",
         "update_ratio",
         "clipping",
+        "gates",
+        "credit",
+        "lyapunov",
     ]
     only = default_instruments(small_spec(instrument={"on": ["spectrum"]}))
     assert [i.name for i in only] == ["loss", "grad_norms", "nonfinite", "spectrum"]

@@ -200,33 +200,6 @@ def test_norm_layers_go_through_the_generic_route(cell: str) -> None:
         np.testing.assert_allclose(g, w, rtol=1e-10)
 
 
-def test_lstm_cell_path_profile_equals_an_unrolled_reference() -> None:
-    """||dL/dc_t|| per layer from the closed form, against c_t.retain_grad() in a hand loop."""
-    torch.manual_seed(3)
-    net = RecurrentNet(2, 1, cell="lstm", hidden_size=6, num_layers=2).double()
-    x, y = torch.randn(9, 5, 2, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
-    out = net(x)
-    retain(out)
-    F.mse_loss(net.head(out.top[-1]), y).backward()
-    cells: list = []
-    profiles(net.rnn, out, "closed", cells)
-    inp, cs_all = x, []
-    for layer in net.rnn:
-        z = x.new_zeros(5, 6)
-        state, hs, cs = (z, z), [], []
-        for t in range(9):
-            state = reference_step(net, layer, inp[t], state)
-            state[1].retain_grad()
-            hs.append(state[0])
-            cs.append(state[1])
-        cs_all.append(cs)
-        inp = torch.stack(hs)
-    F.mse_loss(net.head(inp[-1]), y).backward()
-    for layer, cs in enumerate(cs_all):
-        want = torch.stack([c.grad.norm() for c in cs])
-        torch.testing.assert_close(cells[layer], want, rtol=1e-10, atol=1e-14)
-
-
 def test_window_keeps_the_last_five_finite_profiles_oldest_first() -> None:
     from core.diagnosis import WINDOW_STEPS, profile_evidence
 

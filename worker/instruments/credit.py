@@ -1,0 +1,85 @@
+"""Credit at the inputs that matter: at instrumented steps, ||dL/dx|| (over the batch and the
+channels that carry the information) at each key input the task declares, and its ratio to
+ideal credit assignment (series `credit`, a vector over key inputs, and `credit/ratio`).
+
+- adding: the two marked values; ideal dL/dv_k = dL/dpred (the target is v_1 + v_2), so
+  ratio = ||dL/dv_marked|| / (sqrt(2) ||dL/dpred||): 1 when the gradient reached both
+  markers in full, ~0 when it did not.
+- copy: the 10 symbol steps (every one-hot channel); ideal: as much gradient as the logits at
+  the step each symbol is recalled, so ratio = ||dL/dx_{0..9}|| / ||dL/dlogits_{T-10..T-1}||.
+- digits: no key inputs; `credit` is the profile ||dL/dx_t|| over every step, ratio None.
+
+dL/dx is the vector-Jacobian product of the first layer with the gradient its output received
+(no other path leads from x to the loss), recomputed on the batch with x.requires_grad."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import torch
+
+from core.diagnosis import WINDOW_STEPS
+from worker.instruments.base import Instrument, Run, StepContext
+
+
+def input_gradient(run: Run, ctx: StepContext) -> torch.Tensor | None:
+    """dL/dx (T, B, I) from the first layer's retained output gradient."""
+    h = ctx.output.layers[0]
+    if h.grad is None or ctx.x is None:
+        return None
+    with torch.enable_grad():
+        x = ctx.x.detach().requires_grad_()
+        (again, _) = run.model.rnn[0](x)
+        (dx,) = torch.autograd.grad(again, x, h.grad)
+    return dx
+
+
+def prediction_gradient(run: Run, ctx: StepContext) -> torch.Tensor:
+    with torch.enable_grad():
+        pred = ctx.pred.detach().clone().requires_grad_()
+        (dpred,) = torch.autograd.grad(run.task.loss(pred, ctx.y), pred)
+    return dpred
+
+
+class Credit(Instrument):
+    name = "credit"
+
+    def start(self, run: Run) -> None:
+        self.window: deque[dict[str, Any]] = deque(maxlen=WINDOW_STEPS)
+
+    def before_backward(self, run: Run, ctx: StepContext) -> None:
+        h = ctx.output.layers[0]
+        if run.instrumented and h.requires_grad:
+            h.retain_grad()
+
+    def after_backward(self, run: Run, ctx: StepContext) -> None:
+        if not run.instrumented or (dx := input_gradient(run, ctx)) is None:
+            return
+        keys = run.task.key_inputs(ctx.x)
+        ratio = None
+        if keys is None:
+            per_key = dx.flatten(1).norm(dim=1)  # (T,): the profile over the input
+            key_steps = list(range(dx.shape[0]))
+        else:
+            steps, channels = keys  # (K, B)
+            cols = torch.arange(dx.shape[1], device=dx.device)
+            per_key = dx[steps, cols][..., channels].flatten(1).norm(dim=1)  # (K,)
+            ideal = run.task.ideal_credit(prediction_gradient(run, ctx))
+            ratio = per_key.norm() / ideal.norm()
+            run.recorder.record("credit/ratio", ctx.step, ratio)
+            key_steps = steps[:, 0].tolist()  # example 0's (adding's differ per example)
+        run.recorder.record("credit", ctx.step, per_key)
+        if ctx.finite:
+            self.window.append(
+                {
+                    "step": ctx.step,
+                    "key_steps": key_steps,
+                    "ratio": None if ratio is None else float(ratio),
+                    "per_key": per_key.tolist(),
+                }
+            )
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        ideal = {"adding": "||dL/dpred|| per marked value", "copy": "||dL/dlogits|| at recall"}
+        return {"credit": {"window": list(self.window), "ideal": ideal.get(run.spec.task.name)}}
