@@ -14,10 +14,13 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import orthogonal
 
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, seq_len_of
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
+from models.init import init_lstm_gate_biases
 from worker.datasets import SequenceTask, make_task
+from worker.flossing import flossing_penalty
 from worker.instruments.base import Batch, Instrument, Run, StepContext
 from worker.instruments.grad_norms import scaled_norms
 from worker.nan_origin import locate_nonfinite
@@ -60,6 +63,13 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
     if spec.train.dtype == "float64":
         net = net.double()
     init_recurrent_net(net, m.init.recurrent, m.init.input, m.init.gain)
+    if m.cell == "lstm":
+        chrono = seq_len_of(spec.task) if m.init.chrono else None
+        init_lstm_gate_biases(net, m.init.forget_bias, chrono)
+    if m.recurrent_param == "orthogonal":
+        # After the init: registering keeps the current (orthogonal) W_hh as the start point.
+        for layer in net.rnn:
+            orthogonal(layer, "weight_hh_l0")
     return net
 
 
@@ -202,6 +212,10 @@ def train(
         for ins in instruments:
             ins.before_backward(run, ctx)
         extra = penalty(model, spec.train.l1, spec.train.l2)
+        floss = spec.train.flossing
+        if floss is not None and step % floss.every == 0:
+            term = floss.weight * flossing_penalty(model, out, floss.k)
+            extra = term if extra is None else extra + term
         optimizer.zero_grad(set_to_none=True)
         (loss if extra is None else loss + extra).backward()
 
