@@ -302,5 +302,7 @@ def train(
         dtype=spec.train.dtype,
         parameters=sum(p.numel() for p in params),
         torch_version=torch.__version__.split("+")[0],
+        # Reruns are bit-identical only at the same thread count (reduction order).
+        torch_threads=torch.get_num_threads(),
     )
     return TrainResult(status, summary, steps_run, run.recorder.drain())

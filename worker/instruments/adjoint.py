@@ -152,7 +152,9 @@ def activation_derivative(act: str, layer: nn.Module, x: Tensor, h: Tensor) -> T
     if act == "relu":
         return (h > 0).to(h.dtype)
     if act == "leaky_relu":
-        return torch.where(h > 0, 1.0, 0.01).to(h.dtype)
+        # In the run's dtype from the start: a python-float where() is float32, and 0.01 cast
+        # up from float32 is 0.0099999998 in a float64 run.
+        return torch.where(h > 0, torch.ones_like(h), torch.full_like(h, 0.01))
     if act == "linear":
         return torch.ones_like(h)
     if act == "elu":

@@ -219,3 +219,16 @@ def test_window_keeps_the_last_five_finite_profiles_oldest_first() -> None:
     assert window[-1]["layers"][1] == profile_evidence(values[steps.index(22)].tolist())
     assert len(window[0]["cell_layers"]) == 2 and window[0]["cell_layers"][0]["seq_len"] == 10
     assert result.summary["temporal_profile"]["last"]["step"] == 22
+
+
+def test_leaky_relu_slope_is_exact_in_float64() -> None:
+    from worker.instruments.adjoint import activation_derivative
+
+    h = torch.tensor([[[-1.0, 2.0]]], dtype=torch.float64)
+    d = activation_derivative("leaky_relu", nn.Identity(), h, h)
+    assert d.dtype == torch.float64 and d[0, 0, 0].item() == 0.01 and d[0, 0, 1].item() == 1.0
+
+
+def test_summary_records_the_thread_count() -> None:
+    spec = ExperimentCreate.model_validate({"train": {"steps": 1, "device": "cpu"}})
+    assert train(spec, []).summary["torch_threads"] == torch.get_num_threads()

@@ -1,0 +1,80 @@
+"""Issue 13's overhead floor: every instrument on (the dynamics ones included),
+instrument.every = 10, LSTM 2 x 128, batch 64, T = 100, 1 thread, against a plain loop on
+torch's fused nn.LSTM(2, 128, num_layers=2) written by hand, interleaved in one run.
+
+    .venv/bin/python bench/dynamics_overhead.py [--steps 100 --repeats 5]"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from core.spec import ExperimentCreate
+from worker.datasets import make_task
+from worker.instruments import default_instruments
+from worker.train import train
+
+
+def plain_loop(spec: ExperimentCreate, steps: int) -> float:
+    torch.manual_seed(spec.seed)
+    task = make_task(spec.task)
+    lstm = nn.LSTM(task.input_size, spec.model.hidden_size, num_layers=spec.model.num_layers)
+    head = nn.Linear(spec.model.hidden_size, task.output_size)
+    params = [*lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=spec.train.optimizer.lr)
+    gen = torch.Generator().manual_seed(spec.seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x, y = task.batch(spec.train.batch_size, gen)
+        out, _ = lstm(x)
+        loss = task.loss(head(out[-1]), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec.train.clip.max_norm)
+        opt.step()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def service_loop(spec: ExperimentCreate) -> float:
+    result = train(spec, default_instruments(spec), on_flush=lambda b, s: None)
+    return 1e3 / result.summary["steps_per_second"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dynamics-every", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    instrument = {"every": 10, "val_every": 10**5}  # "on" left out: every instrument
+    if args.dynamics_every is not None:
+        instrument["dynamics_every"] = args.dynamics_every
+    spec = ExperimentCreate.model_validate(
+        {
+            "task": {"name": "adding", "seq_len": 100},
+            "model": {"cell": "lstm", "hidden_size": 128, "num_layers": 2},
+            "train": {"steps": args.steps, "batch_size": 64, "device": "cpu"},
+            "instrument": instrument,
+        }
+    )
+    plain_loop(spec, 10)  # warm-up
+    plain, service = [], []
+    for _ in range(args.repeats):
+        plain.append(plain_loop(spec, args.steps))
+        service.append(service_loop(spec))
+    p, s = statistics.median(plain), statistics.median(service)
+    print(
+        f"lstm 2x128, batch 64, T=100, every=10, dynamics_every={spec.instrument.dynamics_every}, "
+        f"instruments on: {', '.join(spec.instrument.on)}; {args.steps} steps x {args.repeats}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread"
+    )
+    print(f"plain nn.LSTM loop : {p:8.2f} ms/step  (all: {', '.join(f'{v:.1f}' for v in plain)})")
+    print(f"gradlab train()    : {s:8.2f} ms/step  (all: {', '.join(f'{v:.1f}' for v in service)})")
+    print(f"ratio              : {s / p:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
