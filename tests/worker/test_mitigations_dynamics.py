@@ -47,16 +47,20 @@ def test_forget_bias_is_the_effective_bias_not_twice_it(bias: float) -> None:
 
 def test_chrono_init_draws_log_uniform_forget_and_its_negative_input_bias() -> None:
     s = make(
-        task={"seq_len": 200}, model={"cell": "lstm", "hidden_size": 256, "init": {"chrono": True}}
+        task={"seq_len": 200}, model={"cell": "lstm", "hidden_size": 1024, "init": {"chrono": True}}
     )
+    torch.manual_seed(0)
     net = build_model(s, make_task(s.task))
     b = effective_biases(net.rnn[0])
     b_f, b_i = b[1], b[0]
     assert torch.equal(b_i, -b_f)
     u = b_f.exp()  # ~ U(1, T_max - 1), T_max = 200
     assert float(u.min()) >= 1.0 and float(u.max()) <= 199.0
-    assert float(u.mean()) == pytest.approx(100.0, rel=0.1)  # the uniform's mean, 256 draws
-    assert torch.equal(b[2], torch.zeros(256)) and torch.equal(b[3], torch.zeros(256))
+    # the uniform's mean and s.d. (100, 198 / sqrt(12) = 57.2); 1024 draws: s.e. of the mean 1.8
+    assert float(u.mean()) == pytest.approx(100.0, abs=8) and float(u.std()) == pytest.approx(
+        57.2, rel=0.1
+    )
+    assert torch.equal(b[2], torch.zeros(1024)) and torch.equal(b[3], torch.zeros(1024))
 
 
 @pytest.mark.parametrize(
