@@ -64,6 +64,18 @@ class InitSpec(Strict):
     recurrent: RecurrentInit = "orthogonal"
     input: InputInit = "xavier_uniform"
     gain: float = Field(1.0, gt=0, le=10, description="orthogonal: every singular value")
+    forget_bias: float | None = Field(
+        None,
+        ge=-20,
+        le=20,
+        description="lstm only: the effective forget-gate bias b_f (b_ih + b_hh; set in b_ih, "
+        "b_hh's forget block zero). Gers et al. 2000, Jozefowicz et al. 2015: 1",
+    )
+    chrono: bool = Field(
+        False,
+        description="lstm only: chrono initialisation (Tallec & Ollivier 2018): effective "
+        "b_f ~ log U(1, T_max - 1) per unit, b_i = -b_f, T_max the task's sequence length",
+    )
 
 
 class ModelSpec(Strict):
@@ -84,6 +96,33 @@ class ModelSpec(Strict):
     residual: bool = Field(False, description="h_l + h_(l-1) between stacked layers")
     dropout: float = Field(0.0, ge=0, lt=1, description="between stacked layers")
     init: InitSpec = InitSpec()
+    recurrent_param: Literal["none", "orthogonal"] = Field(
+        "none",
+        description="rnn only: 'orthogonal' keeps W_hh orthogonal during training "
+        "(torch.nn.utils.parametrizations.orthogonal; works on the fused nn.RNN); every "
+        "singular value 1, so init.gain must be 1",
+    )
+
+    @model_validator(mode="after")
+    def _mitigations_fit_the_cell(self) -> "ModelSpec":
+        if self.cell != "lstm" and (self.init.forget_bias is not None or self.init.chrono):
+            name = "init.chrono" if self.init.chrono else "init.forget_bias"
+            raise ValueError(f"{name} applies to cell 'lstm' only, not '{self.cell}'")
+        if self.init.chrono and self.init.forget_bias is not None:
+            raise ValueError(
+                "init.chrono sets the forget bias itself: leave init.forget_bias unset"
+            )
+        if self.recurrent_param == "orthogonal":
+            if self.cell != "rnn":
+                raise ValueError(
+                    f"recurrent_param 'orthogonal' applies to cell 'rnn' only, not '{self.cell}'"
+                )
+            if self.init.gain != 1.0:
+                raise ValueError(
+                    "recurrent_param 'orthogonal' holds every singular value at 1: "
+                    "init.gain must be 1"
+                )
+        return self
 
     @model_validator(mode="after")
     def _activation_for_rnn_only(self) -> "ModelSpec":
@@ -137,6 +176,16 @@ class ScheduleSpec(Strict):
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up first")
 
 
+class FlossingSpec(Strict):
+    """Gradient flossing (Engelken, NeurIPS 2023): on every `every`-th step, `weight` x the sum
+    of the squares of the top-k Lyapunov exponents of each layer (QR estimate along the step's
+    own trajectory, example 0, differentiable) is added to the loss, pushing them toward 0."""
+
+    weight: float = Field(0.1, gt=0, le=100)
+    k: int = Field(4, ge=1, le=64, description="exponents per layer (at most hidden_size)")
+    every: int = Field(1, ge=1, le=10_000, description="on every n-th training step")
+
+
 class TrainSpec(Strict):
     steps: int = Field(2000, ge=1, le=MAX_STEPS)
     time_limit_s: float | None = Field(
@@ -168,6 +217,7 @@ class TrainSpec(Strict):
     dtype: Literal["float32", "float64"] = "float32"
     nan_policy: Literal["halt", "skip_step"] = "halt"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    flossing: FlossingSpec | None = Field(None, description="rnn cells only; see FlossingSpec")
 
 
 # The instruments a spec may switch on or off (loss, gradient norms and the first non-finite
@@ -255,6 +305,15 @@ class ExperimentCreate(Strict):
     train: TrainSpec = TrainSpec()
     instrument: InstrumentSpec = InstrumentSpec()
     notify: NotifySpec | None = None
+
+    @model_validator(mode="after")
+    def _flossing_fits_the_model(self) -> "ExperimentCreate":
+        f = self.train.flossing
+        if f is not None and self.model.cell != "rnn":
+            raise ValueError(f"train.flossing applies to cell 'rnn' only, not '{self.model.cell}'")
+        if f is not None and f.k > self.model.hidden_size:
+            raise ValueError("train.flossing.k must be at most model.hidden_size")
+        return self
 
     @model_validator(mode="before")
     @classmethod

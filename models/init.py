@@ -57,3 +57,27 @@ def init_recurrent_net(net: RecurrentNet, recurrent: str, input_scheme: str, gai
         if recurrent != "default" or input_scheme != "default":
             nn.init.zeros_(layer.bias_ih_l0)
             nn.init.zeros_(layer.bias_hh_l0)
+
+
+def init_lstm_gate_biases(
+    net: RecurrentNet, forget_bias: float | None = None, chrono_t_max: int | None = None
+) -> None:
+    """Set the lstm gates' effective biases (b_ih + b_hh, what the gates see). PyTorch has two
+    bias vectors per gate: setting both to b would give 2b, so b_ih carries the value and b_hh's
+    block is zero. Gate order i, f, g, o.
+
+    forget_bias: b_f = forget_bias for every unit. chrono_t_max (Tallec & Ollivier 2018):
+    b_f = log u with u ~ U(1, T_max - 1) per unit, b_i = -b_f (torch's global generator)."""
+    if forget_bias is None and chrono_t_max is None:
+        return
+    with torch.no_grad():
+        for layer in net.rnn:
+            n = layer.hidden_size
+            b_ih, b_hh = layer.bias_ih_l0, layer.bias_hh_l0
+            if chrono_t_max is not None:
+                high = max(float(chrono_t_max) - 1.0, 1.0)
+                b_f = torch.empty(n, dtype=b_ih.dtype).uniform_(1.0, high).log()
+                b_ih[:n], b_hh[:n] = -b_f, 0.0
+            else:
+                b_f = torch.full((n,), float(forget_bias), dtype=b_ih.dtype)
+            b_ih[n : 2 * n], b_hh[n : 2 * n] = b_f, 0.0

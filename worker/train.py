@@ -14,10 +14,13 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import orthogonal
 
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, seq_len_of
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
+from models.init import init_lstm_gate_biases
 from worker.datasets import SequenceTask, make_task
+from worker.flossing import flossing_penalty
 from worker.instruments.base import Batch, Instrument, Run, StepContext
 from worker.instruments.grad_norms import scaled_norms
 from worker.nan_origin import locate_nonfinite
@@ -60,6 +63,13 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
     if spec.train.dtype == "float64":
         net = net.double()
     init_recurrent_net(net, m.init.recurrent, m.init.input, m.init.gain)
+    if m.cell == "lstm":
+        chrono = seq_len_of(spec.task) if m.init.chrono else None
+        init_lstm_gate_biases(net, m.init.forget_bias, chrono)
+    if m.recurrent_param == "orthogonal":
+        # After the init: registering keeps the current (orthogonal) W_hh as the start point.
+        for layer in net.rnn:
+            orthogonal(layer, "weight_hh_l0")
     return net
 
 
@@ -94,34 +104,60 @@ def clip(params: list[Tensor], spec: ExperimentCreate, norm: Tensor) -> bool:
     return False
 
 
+VAL_CHUNK_ELEMENTS = 2**23  # hidden-state entries (T x B x H x layers) per validation chunk
+
+
 class Validator:
-    """Loss and accuracy on the task's fixed held-out batch; tracks the milestones."""
+    """Loss and accuracy on the task's fixed held-out set, evaluated in chunks (the sum of the
+    chunks' losses weighted by their sizes: every loss here is a mean over examples); tracks
+    the milestones. The best constant answer's loss on this very set (`baseline_val`) is what
+    "beat the baseline" compares against: the theoretical baseline is its expectation only."""
 
     def __init__(self, run: Run) -> None:
         x, y = run.task.validation()
         self.x, self.y = x.to(run.device, run.dtype), y.to(run.device)
         if self.y.is_floating_point():
             self.y = self.y.to(run.dtype)
+        self.size = x.shape[1]
+        self.baseline_val = run.task.constant_baseline(y)
+        m = run.spec.model
+        per_example = x.shape[0] * m.hidden_size * m.num_layers * (2 if m.cell == "lstm" else 1)
+        self.chunk = max(16, min(1024, VAL_CHUNK_ELEMENTS // max(per_example, 1)))
         self.best: float | None = None
         self.last: tuple[float, float | None] | None = None
         self.beat_baseline_at: int | None = None
         self.solved_at: int | None = None
 
     @torch.no_grad()
-    def __call__(self, run: Run, step: int) -> None:
+    def evaluate(self, run: Run) -> tuple[float, float | None]:
         run.model.eval()
-        _, pred = forward(run, self.x)
+        loss_sum, acc_sum, has_acc = 0.0, 0.0, True
+        for s in range(0, self.size, self.chunk):
+            xb = self.x[:, s : s + self.chunk]  # examples are dim 1 of x (T, B, I)
+            # targets: (B, ...) for a read-out at the last step, (T, B) for one at every step
+            yb = (
+                self.y[:, s : s + self.chunk]
+                if run.task.readout == "all"
+                else self.y[s : s + self.chunk]
+            )
+            _, pred = forward(run, xb)
+            n = xb.shape[1]
+            loss_sum += float(run.task.loss(pred, yb)) * n
+            acc = run.task.accuracy(pred, yb)
+            has_acc = acc is not None
+            acc_sum += float(acc) * n if acc is not None else 0.0
         run.model.train()
-        loss = float(run.task.loss(pred, self.y))
-        acc = run.task.accuracy(pred, self.y)
-        acc = None if acc is None else float(acc)
+        return loss_sum / self.size, (acc_sum / self.size if has_acc else None)
+
+    def __call__(self, run: Run, step: int) -> None:
+        loss, acc = self.evaluate(run)
         self.last = (loss, acc)
         run.recorder.record("val_loss", step, loss)
         if acc is not None:
             run.recorder.record("val_accuracy", step, acc)
         if math.isfinite(loss):
             self.best = loss if self.best is None else min(self.best, loss)
-            if self.beat_baseline_at is None and loss < run.task.baseline_loss:
+            if self.beat_baseline_at is None and loss < self.baseline_val:
                 self.beat_baseline_at = step
             if self.solved_at is None and run.task.is_solved(loss, acc):
                 self.solved_at = step
@@ -176,6 +212,10 @@ def train(
         for ins in instruments:
             ins.before_backward(run, ctx)
         extra = penalty(model, spec.train.l1, spec.train.l2)
+        floss = spec.train.flossing
+        if floss is not None and step % floss.every == 0:
+            term = floss.weight * flossing_penalty(model, out, floss.k)
+            extra = term if extra is None else extra + term
         optimizer.zero_grad(set_to_none=True)
         (loss if extra is None else loss + extra).backward()
 
@@ -246,6 +286,8 @@ def train(
         final_val_loss=val_loss,
         best_val_loss=validate.best,
         baseline_loss=task.baseline_loss,
+        baseline_loss_val=validate.baseline_val,
+        val_size=validate.size,
         beat_baseline_at_step=validate.beat_baseline_at,
         solved_at_step=validate.solved_at,
         accuracy=val_acc,

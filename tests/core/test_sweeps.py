@@ -58,10 +58,11 @@ def test_size_cap_and_budget() -> None:
     assert err.value.kind == "budget"
 
 
-def test_preset_resolves_and_is_valid() -> None:
-    req = resolve(SweepCreate(preset="adding-mitigations"))
+@pytest.mark.parametrize("name", ["adding-mitigations", "copy-mitigations"])
+def test_preset_resolves_and_is_valid(name: str) -> None:
+    req = resolve(SweepCreate(preset=name))
     points = expand(req, BIG)
-    assert len(points) == 3 * 6 * 2
+    assert len(points) == 3 * 6 * 2 if name.startswith("copy") else 3 * 8 * 2
     labels = {p["variant"] for p, _ in points}
     assert "LSTM" in labels and "tanh RNN" in labels
     with pytest.raises(Problem):

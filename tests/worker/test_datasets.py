@@ -115,3 +115,36 @@ def test_digits_accuracy_and_solved() -> None:
     pred = F.one_hot(torch.tensor([0, 1, 2, 0]), 10).float()
     assert float(task.accuracy(pred, y)) == 0.75
     assert task.is_solved(0.0, 0.95) and not task.is_solved(0.0, 0.5)
+
+
+# --- validation sets and the baseline on them ------------------------------------------
+
+
+def test_generated_tasks_validate_on_4096_examples_and_digits_on_its_split() -> None:
+    from worker.datasets.base import VAL_SIZE
+
+    assert VAL_SIZE >= 4096
+    for task in (Adding(50), CopyMemory(20)):
+        x, _ = task.validation()
+        assert x.shape[1] == VAL_SIZE
+    _, _, _, y_val = _split()
+    assert Digits("rows", permuted=False).validation()[1].shape == y_val.shape
+
+
+@pytest.mark.parametrize("task", [Adding(50), Adding(200), CopyMemory(30), Digits("rows", False)])
+def test_constant_baseline_is_the_loss_of_the_best_constant_answer(task) -> None:  # noqa: ANN001
+    """Reference: the task's own loss of the best constant prediction, built explicitly."""
+    x, y = task.validation()
+    if isinstance(task, Adding):
+        pred = y.mean(0, keepdim=True).expand_as(y)  # the mean minimises the MSE
+    elif isinstance(task, CopyMemory):
+        freq = torch.stack([torch.bincount(r, minlength=N_SYMBOLS + 1) for r in y]).double()
+        logp = (freq / y.shape[1]).clamp_min(1e-300).log()  # (T, 9): each position's frequencies
+        pred = logp.unsqueeze(1).expand(-1, y.shape[1], -1)
+    else:
+        freq = torch.bincount(y, minlength=10).double() / len(y)
+        pred = freq.log().unsqueeze(0).expand(len(y), -1)
+    want = float(task.loss(pred.double(), y.double() if y.is_floating_point() else y))
+    assert task.constant_baseline(y) == pytest.approx(want, rel=1e-6)
+    # on 4096 examples the set's own baseline is within sampling error of the theoretical one
+    assert task.constant_baseline(y) == pytest.approx(task.baseline_loss, rel=0.05)

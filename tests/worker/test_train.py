@@ -137,3 +137,33 @@ def test_flushes_in_batches_as_it_goes() -> None:
     assert [step for _, step in flushed] == [10, 20]
     assert [steps for steps, _ in flushed] == [list(range(10)), list(range(10, 20))]
     assert result.batch.series["loss"][0] == list(range(20, 25))
+
+
+@pytest.mark.parametrize(
+    "task", [{"name": "adding", "seq_len": 12}, {"name": "copy", "seq_len": 5}]
+)
+def test_chunked_validation_equals_one_pass_over_the_whole_set(task: dict) -> None:
+    from worker.instruments.base import Run
+    from worker.train import Validator, forward
+
+    s = spec(task=task)
+    t = make_task(s.task)
+    net = build_model(s, t)
+    run = Run(
+        s, t, net, torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"), torch.float32
+    )
+    v = Validator(run)
+    v.chunk = 1000  # 4096 = 4 full chunks and a partial one
+    loss, acc = v.evaluate(run)
+    with torch.no_grad():
+        net.eval()
+        _, pred = forward(run, v.x)
+    assert v.size == 4096
+    assert loss == pytest.approx(float(t.loss(pred, v.y)), rel=1e-5)
+    want_acc = t.accuracy(pred, v.y)
+    assert (acc is None) == (want_acc is None)
+    if acc is not None:
+        assert acc == pytest.approx(float(want_acc), rel=1e-6)
+    result = train(s, default_instruments(s))
+    assert result.summary["val_size"] == 4096
+    assert result.summary["baseline_loss_val"] == pytest.approx(t.constant_baseline(v.y))

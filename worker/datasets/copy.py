@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from worker.datasets.base import SequenceTask
+from worker.datasets.base import SequenceTask, entropy
 
 N_SYMBOLS = 8
 N_COPY = 10
@@ -51,6 +51,11 @@ class CopyMemory(SequenceTask):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         # pred: (T, B, 9)
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
+
+    def constant_baseline(self, target: Tensor) -> float:
+        """Best answer per position that ignores the inputs: the entropy of each position's
+        symbols (0 for the blanks), averaged over the T + 20 positions. target: (T, B)."""
+        return sum(entropy(row) for row in target) / target.shape[0]
 
     def accuracy(self, pred: Tensor, target: Tensor) -> Tensor:
         return (pred[-N_COPY:].argmax(-1) == target[-N_COPY:]).float().mean()

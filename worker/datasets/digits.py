@@ -52,7 +52,7 @@ class Digits(SequenceTask):
         idx = torch.randint(0, len(y_tr), (n,), generator=gen)
         return self._as_sequence(x_tr[idx]), y_tr[idx]  # (T, B, I), (B,)
 
-    def validation(self, n: int = 256) -> tuple[Tensor, Tensor]:
+    def validation(self, n: int = 0) -> tuple[Tensor, Tensor]:
         _, _, x_val, y_val = _split()  # the whole held-out split, whatever n
         return self._as_sequence(x_val), y_val
 

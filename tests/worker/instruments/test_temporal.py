@@ -200,6 +200,27 @@ def test_norm_layers_go_through_the_generic_route(cell: str) -> None:
         np.testing.assert_allclose(g, w, rtol=1e-10)
 
 
+def test_window_keeps_the_last_five_finite_profiles_oldest_first() -> None:
+    from core.diagnosis import WINDOW_STEPS, profile_evidence
+
+    s = ExperimentCreate.model_validate(
+        {
+            "task": {"seq_len": 10},
+            "model": {"cell": "lstm", "hidden_size": 8, "num_layers": 2},
+            "train": {"steps": 23, "batch_size": 4, "device": "cpu"},
+            "instrument": {"every": 2, "on": ["temporal"]},
+        }
+    )
+    temporal = TemporalProfile()
+    result = train(s, [temporal])
+    window = result.summary["temporal_profile"]["window"]
+    assert WINDOW_STEPS == 5 and [w["step"] for w in window] == [14, 16, 18, 20, 22]
+    steps, values = result.batch.series["temporal/1"]
+    assert window[-1]["layers"][1] == profile_evidence(values[steps.index(22)].tolist())
+    assert len(window[0]["cell_layers"]) == 2 and window[0]["cell_layers"][0]["seq_len"] == 10
+    assert result.summary["temporal_profile"]["last"]["step"] == 22
+
+
 def test_leaky_relu_slope_is_exact_in_float64() -> None:
     from worker.instruments.adjoint import activation_derivative
 
