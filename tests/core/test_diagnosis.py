@@ -211,7 +211,7 @@ def window_of(*steps: list[list[float] | None], cells: list | None = None) -> di
     return {"temporal_profile": {"window": window, "last": window[-1]}}
 
 
-def spec_of(**over) -> dict:  # noqa: ANN003
+def spec_of(**over) -> dict:
     return ExperimentCreate.model_validate(over).model_dump(mode="json")
 
 
@@ -301,7 +301,7 @@ def test_class6_each_layer_judged_and_the_vanishing_ones_named() -> None:
     assert d["evidence"]["ratio_first_last"] == pytest.approx(3.1e-5)
 
 
-def _diverged(step: int, steps: int, **extra) -> dict:  # noqa: ANN003
+def _diverged(step: int, steps: int, **extra) -> dict:
     s = window_of([geometric(1.0, 50)])
     s.update(nan_events=1, halted_at_step=step, baseline_loss=1 / 6, baseline_loss_val=0.167)
     s.update(final_val_loss=extra.pop("final_val_loss", None), **extra)

@@ -132,7 +132,7 @@ def test_generated_tasks_validate_on_4096_examples_and_digits_on_its_split() -> 
 
 
 @pytest.mark.parametrize("task", [Adding(50), Adding(200), CopyMemory(30), Digits("rows", False)])
-def test_constant_baseline_is_the_loss_of_the_best_constant_answer(task) -> None:  # noqa: ANN001
+def test_constant_baseline_is_the_loss_of_the_best_constant_answer(task) -> None:
     """Reference: the task's own loss of the best constant prediction, built explicitly."""
     x, y = task.validation()
     if isinstance(task, Adding):

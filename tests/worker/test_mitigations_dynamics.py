@@ -17,7 +17,7 @@ from worker.train import build_model, train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make(**over) -> ExperimentCreate:  # noqa: ANN003
+def make(**over) -> ExperimentCreate:
     base = {
         "task": {"seq_len": 40},
         "model": {"hidden_size": 16},
@@ -29,7 +29,7 @@ def make(**over) -> ExperimentCreate:  # noqa: ANN003
     return ExperimentCreate.model_validate(base)
 
 
-def effective_biases(layer) -> torch.Tensor:  # noqa: ANN001
+def effective_biases(layer) -> torch.Tensor:
     """(4, H): what each gate i, f, g, o sees, b_ih + b_hh."""
     return (layer.bias_ih_l0 + layer.bias_hh_l0).detach().view(4, -1)
 
@@ -74,7 +74,7 @@ def test_chrono_init_draws_log_uniform_forget_and_its_negative_input_bias() -> N
         ({"cell": "rnn", "recurrent_param": "unitary"}, "recurrent_param"),
     ],
 )
-def test_mitigations_that_do_not_fit_the_cell_are_refused_naming_the_field(model, field) -> None:  # noqa: ANN001
+def test_mitigations_that_do_not_fit_the_cell_are_refused_naming_the_field(model, field) -> None:
     with pytest.raises(ValidationError) as err:
         make(model=model)
     assert field.split(".")[-1] in str(err.value)
@@ -112,7 +112,7 @@ def test_orthogonal_parametrisation_keeps_w_hh_orthogonal_while_it_trains(activa
     assert float(moved.abs().max()) > 1e-2  # it did train
 
 
-def exponents_on(net, s: ExperimentCreate, k: int) -> torch.Tensor:  # noqa: ANN001
+def exponents_on(net, s: ExperimentCreate, k: int) -> torch.Tensor:
     x, _ = make_task(s.task).batch(32, torch.Generator().manual_seed(99))  # held-out inputs
     with torch.no_grad():
         out = net(x)
@@ -160,7 +160,7 @@ def test_flossing_enters_the_training_loss_on_its_steps_only() -> None:
         def __init__(self) -> None:
             self.seen: list[torch.Tensor] = []
 
-        def after_backward(self, run, ctx) -> None:  # noqa: ANN001
+        def after_backward(self, run, ctx) -> None:
             self.seen.append(run.model.rnn[0].weight_hh_l0.grad.detach().clone())
 
     got = {}

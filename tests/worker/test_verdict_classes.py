@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class SetWeights(Instrument):
     """Before step 0: call `setter(model)` under no_grad."""
 
-    def __init__(self, setter) -> None:  # noqa: ANN001
+    def __init__(self, setter) -> None:
         self.setter = setter
 
     def start(self, run: Run) -> None:
@@ -60,7 +60,7 @@ def linear(t_len: int, hidden: int = 8, steps: int = 5) -> dict:
 
 @pytest.mark.parametrize("t_len", [25, 50])
 def test_class3_linear_rnn_with_w_08q_is_vanishing_at_every_length(t_len: int) -> None:
-    def w_08q(model) -> None:  # noqa: ANN001
+    def w_08q(model) -> None:
         q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
         model.rnn[0].weight_hh_l0.copy_(0.8 * q)
 
@@ -75,7 +75,7 @@ def test_class3_linear_rnn_with_w_08q_is_vanishing_at_every_length(t_len: int) -
 def test_class4_a_period_two_w_is_not_judged_by_parity(t_len: int) -> None:
     a = 1e-4
 
-    def period_two(model) -> None:  # noqa: ANN001
+    def period_two(model) -> None:
         w = torch.zeros(8, 8, dtype=torch.float64)
         for i in range(0, 8, 2):  # blocks [[0, a], [1/a, 0]]: W^2 = I
             w[i, i + 1], w[i + 1, i] = a, 1 / a
@@ -91,7 +91,7 @@ def test_class4_a_period_two_w_is_not_judged_by_parity(t_len: int) -> None:
 
 
 def test_class5_lstm_with_an_open_cell_path_is_not_vanishing() -> None:
-    def open_cell(model) -> None:  # noqa: ANN001
+    def open_cell(model) -> None:
         layer, n = model.rnn[0], model.hidden_size
         layer.bias_hh_l0.zero_()
         layer.bias_ih_l0.zero_()
@@ -127,7 +127,7 @@ def test_class6_three_tanh_layers_each_judged() -> None:
         "instrument": {"every": 1},
     }
 
-    def slow_top(model) -> None:  # noqa: ANN001
+    def slow_top(model) -> None:
         for i, g in enumerate([1.0, 0.6, 0.4]):  # layer 0 keeps its memory, the upper ones not
             torch.nn.init.orthogonal_(model.rnn[i].weight_hh_l0, gain=g)
 
