@@ -29,7 +29,10 @@ of h_{t-1} -> h_t, per step) stands in; where both exist lambda_1 is reported be
 Layer verdict: `exploding` if g > ln(EXPLODING_GAIN) (1e2), `vanishing` if
 g < ln(VANISHING_GAIN) (1e-2), else `healthy`. The credit at the inputs that matter (the
 credit instrument's ratio to ideal credit, 1 = full credit) is a network-level check: below
-CREDIT_VANISHING (1e-2) it is vanishing whatever the profiles say.
+CREDIT_VANISHING (1e-2), and faded with the lag (the key inputs' credit against the same
+channels' credit at the last step, `decay`, also below CREDIT_VANISHING), it is vanishing
+whatever the profiles say. A low ratio that did not fade (inputs barely read at any lag: a
+shut input gate) is reported as `credit.weak_at_every_lag`, not as vanishing.
 
 Top-level verdict, first rule that applies:
 
@@ -272,11 +275,17 @@ def _credit(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     ratio = _med([w.get("ratio") for w in window])
     if ratio is None:
         return None
+    decay = _med([w.get("decay") for w in window])
+    # Low credit that did not fade with the lag (decay near 1) is inputs barely read at any
+    # lag (a shut input gate, small input weights): weak, but not a gradient lost in time.
+    faded = decay is None or decay < CREDIT_VANISHING
     return {
         "ratio": ratio,
+        "decay": decay,
         "steps": len(window),
         "per_key_min": _med([min(w["per_key"]) for w in window if w.get("per_key")]),
-        "verdict": "vanishing" if ratio < CREDIT_VANISHING else "healthy",
+        "verdict": "vanishing" if ratio < CREDIT_VANISHING and faded else "healthy",
+        "weak_at_every_lag": ratio < CREDIT_VANISHING and not faded,
     }
 
 

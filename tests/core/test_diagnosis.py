@@ -379,6 +379,12 @@ def test_credit_at_the_key_inputs_and_lyapunov_where_no_profile() -> None:
     assert d["verdict"] == "vanishing" and "credit" in d["reason"]
     s["credit"]["window"][0]["ratio"] = 0.9
     assert diagnose(s, spec_of(task={"seq_len": 50}))["verdict"] == "healthy"
+    # Low credit that faded with the lag is vanishing; low credit as weak at lag 0 is not.
+    s["credit"]["window"][0].update(ratio=1e-5, decay=1e-4)
+    assert diagnose(s, spec_of(task={"seq_len": 50}))["verdict"] == "vanishing"
+    s["credit"]["window"][0]["decay"] = 0.9
+    d = diagnose(s, spec_of(task={"seq_len": 50}))
+    assert d["verdict"] == "healthy" and d["evidence"]["credit"]["weak_at_every_lag"]
     lyap = {"window": [{"step": 0, "layers": [{"lambda_1": -0.3, "exponents": [-0.3]}]}], "k": 1}
     d = diagnose({"lyapunov": lyap}, spec_of(task={"seq_len": 50}))
     assert d["verdict"] == "vanishing" and d["layers"][0]["basis"] == "lyapunov"

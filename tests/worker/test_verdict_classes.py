@@ -110,10 +110,12 @@ def test_class5_lstm_with_an_open_cell_path_is_not_vanishing() -> None:
     assert c["ratio_first_last"] > 0.9  # ||dL/dc_0|| is 97 % of ||dL/dc_{T-1}||
     assert lay["states"]["h"]["ratio_first_last"] < 1e-3  # what the old rule read as vanishing
     assert lay["verdict"] == lay["states"]["c"]["verdict"] == "healthy"
-    # The shut input gate writes nothing: the credit at the marked values is ~5e-5 of ideal,
-    # and the network-level check says so, naming the credit, not the time path.
-    assert d["evidence"]["credit"]["ratio"] < 1e-3
-    assert d["verdict"] == "vanishing" and "credit" in d["reason"]
+    # The shut input gate writes little at any lag: the credit at the marked values is ~5e-5
+    # of ideal, but it is as weak at the last step as at the first marker (it did not fade
+    # with the lag), so the cell path's verdict stands and the weakness is reported apart.
+    credit = d["evidence"]["credit"]
+    assert credit["ratio"] < 1e-3 and credit["decay"] > 0.5
+    assert credit["weak_at_every_lag"] and d["verdict"] == "healthy"
     without_credit = {**spec, "instrument": {"every": 1, "on": ["temporal", "spectrum"]}}
     _, d = run(without_credit, SetWeights(open_cell))
     assert d["verdict"] == "healthy" and d["layers"][0]["basis"] == "h"

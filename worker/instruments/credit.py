@@ -9,6 +9,11 @@ ideal credit assignment (series `credit`, a vector over key inputs, and `credit/
   the step each symbol is recalled, so ratio = ||dL/dx_{0..9}|| / ||dL/dlogits_{T-10..T-1}||.
 - digits: no key inputs; `credit` is the profile ||dL/dx_t|| over every step, ratio None.
 
+Beside the ratio, `decay`: the key inputs' credit per key against the credit at the same
+channels of the last input step (lag 0). A low ratio with a decay near 1 means the inputs are
+barely read at any lag (a shut input gate, small input weights), not that the gradient faded
+through time; only a low ratio that also decayed with the lag is vanishing.
+
 dL/dx is the vector-Jacobian product of the first layer with the gradient its output received
 (no other path leads from x to the loss), recomputed on the batch with x.requires_grad."""
 
@@ -57,7 +62,7 @@ class Credit(Instrument):
         if not run.instrumented or (dx := input_gradient(run, ctx)) is None:
             return
         keys = run.task.key_inputs(ctx.x)
-        ratio = None
+        ratio = decay = None
         if keys is None:
             per_key = dx.flatten(1).norm(dim=1)  # (T,): the profile over the input
             key_steps = list(range(dx.shape[0]))
@@ -69,6 +74,8 @@ class Credit(Instrument):
             ratio = per_key.norm() / ideal.norm()
             run.recorder.record("credit/ratio", ctx.step, ratio)
             key_steps = steps[:, 0].tolist()  # example 0's (adding's differ per example)
+            recent = dx[-1][..., channels].norm()  # lag 0, the same channels
+            decay = per_key.norm() / (len(per_key) ** 0.5 * recent)
         run.recorder.record("credit", ctx.step, per_key)
         if ctx.finite:
             self.window.append(
@@ -76,6 +83,7 @@ class Credit(Instrument):
                     "step": ctx.step,
                     "key_steps": key_steps,
                     "ratio": None if ratio is None else float(ratio),
+                    "decay": None if decay is None else float(decay),
                     "per_key": per_key.tolist(),
                 }
             )

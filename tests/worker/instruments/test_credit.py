@@ -106,7 +106,10 @@ def test_identity_linear_rnn_ratio_is_the_readout_path() -> None:
 
     path = Path()
     res = train(spec, [SetWeights("identity"), path, ins])
-    assert res.summary["credit"]["window"][0]["ratio"] == pytest.approx(abs(path.path), rel=1e-10)
+    window = res.summary["credit"]["window"][0]
+    assert window["ratio"] == pytest.approx(abs(path.path), rel=1e-10)
+    # the same credit at every lag: the key inputs' against the last step's is exactly 1
+    assert window["decay"] == pytest.approx(1.0, rel=1e-10)
 
 
 def test_contracting_tanh_rnn_gives_no_credit() -> None:
