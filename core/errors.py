@@ -39,13 +39,31 @@ def invalid_field(
     )
 
 
+class FieldRefusal(ValueError):
+    """A check across fields (in a model validator) that names the field it refuses: `field`
+    is the dotted path relative to the model that raised it, so the problem's `errors` point at
+    what the client wrote (`model.activation`), not at the enclosing object (`model`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic errors as {field, message, type}: `field` is the dotted path in the body."""
-    return [
-        field_error(
-            ".".join(str(p) for p in e.get("loc", ()) if p != "body") or None,
-            e.get("msg"),
-            e.get("type"),
-        )
-        for e in errors
-    ]
+    """pydantic errors as {field, message, type}: `field` is the dotted path in the body as
+    the client wrote it (a tagged union's tag, which pydantic puts in the location, is left
+    out; a `FieldRefusal` adds the field it names); an unknown field gets a "did you mean"."""
+    from core.spec import suggestion, user_path
+
+    out = []
+    for e in errors:
+        loc = [p for p in e.get("loc", ()) if p != "body"]
+        refusal = (e.get("ctx") or {}).get("error")
+        if isinstance(refusal, FieldRefusal):
+            loc += refusal.field.split(".")
+        path = user_path(loc)
+        message = e.get("msg")
+        if e.get("type") == "extra_forbidden" and (hint := suggestion(path)):
+            message = f"{message}; did you mean {hint!r}?"
+        out.append(field_error(".".join(str(p) for p in path) or None, message, e.get("type")))
+    return out

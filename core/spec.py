@@ -1,11 +1,13 @@
 """The specs a client sends. `ExperimentCreate` is the experiment spec: every field has a default
 (`{}` is valid), every size has a documented maximum, and unknown fields are errors."""
 
-from typing import Annotated, Any, Literal
+import difflib
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import FieldRefusal
 from core.webhooks import parse as parse_webhook_url
 
 # Documented maxima (README, "The spec"). They keep one request from occupying a worker for days.
@@ -42,6 +44,8 @@ class DigitsTask(Strict):
     permuted: bool = False
 
 
+TASK_MODELS = (AddingTask, CopyTask, DigitsTask)
+TASK_NAMES = frozenset(m.model_fields["name"].default for m in TASK_MODELS)
 TaskSpec = Annotated[AddingTask | CopyTask | DigitsTask, Field(discriminator="name")]
 
 Activation = Literal["tanh", "relu", "sigmoid", "leaky_relu", "elu", "linear"]
@@ -107,20 +111,23 @@ class ModelSpec(Strict):
     def _mitigations_fit_the_cell(self) -> "ModelSpec":
         if self.cell != "lstm" and (self.init.forget_bias is not None or self.init.chrono):
             name = "init.chrono" if self.init.chrono else "init.forget_bias"
-            raise ValueError(f"{name} applies to cell 'lstm' only, not '{self.cell}'")
+            raise FieldRefusal(name, f"{name} applies to cell 'lstm' only, not '{self.cell}'")
         if self.init.chrono and self.init.forget_bias is not None:
-            raise ValueError(
-                "init.chrono sets the forget bias itself: leave init.forget_bias unset"
+            raise FieldRefusal(
+                "init.forget_bias",
+                "init.chrono sets the forget bias itself: leave init.forget_bias unset",
             )
         if self.recurrent_param == "orthogonal":
             if self.cell != "rnn":
-                raise ValueError(
-                    f"recurrent_param 'orthogonal' applies to cell 'rnn' only, not '{self.cell}'"
+                raise FieldRefusal(
+                    "recurrent_param",
+                    f"recurrent_param 'orthogonal' applies to cell 'rnn' only, not '{self.cell}'",
                 )
             if self.init.gain != 1.0:
-                raise ValueError(
+                raise FieldRefusal(
+                    "init.gain",
                     "recurrent_param 'orthogonal' holds every singular value at 1: "
-                    "init.gain must be 1"
+                    "init.gain must be 1",
                 )
         return self
 
@@ -130,7 +137,9 @@ class ModelSpec(Strict):
             if self.activation is None:
                 self.activation = "tanh"
         elif self.activation is not None:
-            raise ValueError(f"activation applies to cell 'rnn' only, not '{self.cell}'")
+            raise FieldRefusal(
+                "activation", f"activation applies to cell 'rnn' only, not '{self.cell}'"
+            )
         return self
 
 
@@ -154,7 +163,7 @@ class OptimizerSpec(Strict):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "OptimizerSpec":
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+            raise FieldRefusal("nesterov", "nesterov needs optimizer 'sgd' with momentum > 0")
         return self
 
 
@@ -310,9 +319,14 @@ class ExperimentCreate(Strict):
     def _flossing_fits_the_model(self) -> "ExperimentCreate":
         f = self.train.flossing
         if f is not None and self.model.cell != "rnn":
-            raise ValueError(f"train.flossing applies to cell 'rnn' only, not '{self.model.cell}'")
+            raise FieldRefusal(
+                "train.flossing",
+                f"train.flossing applies to cell 'rnn' only, not '{self.model.cell}'",
+            )
         if f is not None and f.k > self.model.hidden_size:
-            raise ValueError("train.flossing.k must be at most model.hidden_size")
+            raise FieldRefusal(
+                "train.flossing.k", "train.flossing.k must be at most model.hidden_size"
+            )
         return self
 
     @model_validator(mode="before")
@@ -365,3 +379,47 @@ class SweepCreate(Strict):
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
         None, min_length=1, max_length=MAX_SEEDS, description="default [0]"
     )
+
+
+def _model_at(path: list[Any]) -> type[BaseModel] | None:
+    """The spec model at a client's path (`["model", "init"]` -> InitSpec), or None."""
+    model: Any = ExperimentCreate
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        model = _model_of(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _model_of(annotation: Any) -> Any:
+    """A BaseModel inside an annotation (Optional, Annotated, lists of one); for the task
+    union, None (which task is meant is not known from a path alone)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = [m for a in get_args(annotation) if (m := _model_of(a)) is not None]
+    return models[0] if len(models) == 1 else None
+
+
+def user_path(loc: list[Any]) -> list[Any]:
+    """A pydantic error location as the client wrote it: a tagged union puts the tag in the
+    location (`task.adding.seq_len`), which the client never wrote (`task.seq_len`)."""
+    return [
+        p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "task" and p in TASK_NAMES)
+    ]
+
+
+def suggestion(path: list[Any]) -> str | None:
+    """The known field closest to an unknown one at the end of `path`, if one is close."""
+    if not path or not isinstance(path[-1], str):
+        return None
+    parent = path[:-1]
+    if parent == ["task"]:
+        known = sorted({f for m in TASK_MODELS for f in m.model_fields})
+    else:
+        model = _model_at(parent)
+        known = list(model.model_fields) if model is not None else []
+    close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6)
+    return ".".join([*map(str, parent), close[0]]) if close else None

@@ -33,13 +33,13 @@ def test_post_empty_spec_is_accepted_normalised_and_enqueued(client, backend: Ba
     ("body", "field"),
     [
         ({"model": {"hiden_size": 8}}, "model.hiden_size"),  # a typo is an error
-        ({"task": {"seq_len": MAX_SEQ_LEN + 1}}, "task.adding.seq_len"),
+        ({"task": {"seq_len": MAX_SEQ_LEN + 1}}, "task.seq_len"),
         ({"train": {"steps": 0}}, "train.steps"),
         ({"train": {"batch_size": "many"}}, "train.batch_size"),
         ({"model": {"cell": "transformer"}}, "model.cell"),
-        ({"model": {"cell": "lstm", "activation": "relu"}}, "model"),
+        ({"model": {"cell": "lstm", "activation": "relu"}}, "model.activation"),
         ({"task": {"name": "mnist"}}, "task"),
-        ({"train": {"optimizer": {"name": "sgd", "nesterov": True}}}, "train.optimizer"),
+        ({"train": {"optimizer": {"name": "sgd", "nesterov": True}}}, "train.optimizer.nesterov"),
     ],
 )
 def test_invalid_specs_are_422_naming_the_field(client, body: dict, field: str) -> None:
