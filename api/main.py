@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import observability, problems
+from api.query import QueryCheckMiddleware
 from api.routes import experiments, export, health, plots, reports, stream, sweeps, traces
 from core import logs
 from core.spec import ExperimentCreate
@@ -55,7 +56,8 @@ def create_app() -> FastAPI:
     )
     problems.install(app)
     logs.configure_logging()
-    app.add_middleware(observability.ObservabilityMiddleware)
+    app.add_middleware(QueryCheckMiddleware)
+    app.add_middleware(observability.ObservabilityMiddleware)  # outermost: sees the 422s too
     app.include_router(observability.router)
     app.include_router(health.router)
     app.include_router(experiments.router)

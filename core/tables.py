@@ -99,6 +99,12 @@ class SeriesChunk(Base):
     __table_args__ = (Index("ix_series_lookup", "experiment_id", "name", "first_step"),)
 
 
+# What an event's `kind` may be: a non-finite loss or gradient (with its origin), a gradient
+# norm that overflowed float32 though every entry was finite, a halt, the running alarms for
+# webhooks, and a worker that stopped beating.
+EVENT_KINDS = ("nonfinite", "norm_overflow", "halt", "exploding", "vanishing", "worker_lost")
+
+
 class Event(Base):
     """Something that happened once: a NaN/Inf, a skipped step, a halt, a retry."""
 

@@ -6,7 +6,7 @@ import hashlib
 import logging
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -41,10 +41,11 @@ from core.queue import enqueue
 from core.settings import get_settings
 from core.spec import ExperimentCreate, estimated_cost
 from core.status import StatusName
-from core.tables import Event, Experiment, WebhookDelivery, as_utc, utcnow
+from core.tables import EVENT_KINDS, Event, Experiment, WebhookDelivery, as_utc, utcnow
 from core.webhooks import check_notify
 
 log = logging.getLogger("gradlab.api")
+EventKind = Literal[EVENT_KINDS]
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 MAX_BODY_BYTES = 64 * 1024
@@ -238,15 +239,23 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 def list_experiments(
     owner: Owner,
     session: SessionDep,
-    status: StatusName | None = None,
+    status: Annotated[
+        list[StatusName] | None, Query(description="one or more; any of them matches")
+    ] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="part of the name, any case")
+    ] = None,
     tag: Annotated[str | None, Query(max_length=50)] = None,
     sweep_id: Annotated[str | None, Query(max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSON:
+    """The owner's experiments, newest first, `limit` a page; `next_cursor` fetches the next."""
     q = select(Experiment).where(Experiment.owner == owner)
     if status:
-        q = q.where(Experiment.status == status)
+        q = q.where(Experiment.status.in_(status))
+    if name:
+        q = q.where(Experiment.name.icontains(name, autoescape=True))
     if sweep_id:
         q = q.where(Experiment.sweep_id == sweep_id)
     if cursor:
@@ -298,7 +307,7 @@ def read_events(
     owner: Owner,
     experiment_id: str,
     session: SessionDep,
-    kind: Annotated[str | None, Query(max_length=40)] = None,
+    kind: EventKind | None = None,
 ) -> FastJSON:
     """NaN/Inf events (with where the first non-finite value appeared), halts, retries."""
     row = get_experiment(session, experiment_id, owner)
