@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def _title(row: Experiment, what: str) -> str:
     name = row.name or (row.spec or {}).get("name") or row.id[:8]
     verdict = (row.diagnosis or {}).get("verdict")
-    return f"{name} ({row.status}{f', {verdict}' if verdict else ''}): {what}"
+    said = row.status if verdict in (None, row.status) else f"{row.status}, {verdict}"
+    return f"{name} ({said}): {what}"
 
 
 def spectrum_bound(row: Experiment) -> float | None:

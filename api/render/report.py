@@ -105,8 +105,8 @@ def verdict_badge(verdict: str | None) -> str:
 
 PLOT_CAPTIONS = {
     "temporal": "log10 ||dL/dh_t|| over time step t (x) and training step (y): a gradient that "
-    "fades to the left vanishes going back through time; the right panel is the same profile at "
-    "three training steps.",
+    "fades to the left vanishes going back through time, one that grows to the left explodes; "
+    "the right panel is the same profile at three training steps.",
     "loss": "training and validation loss, with the baseline (the best constant answer).",
     "gradients": "per-parameter gradient norms before clipping, and the global norm before and "
     "after clipping.",

@@ -225,3 +225,17 @@ def test_packed_rows_thins_long_profiles_without_unpacking_them() -> None:
     steps, values = packed_rows([chunk(0, 7)], most=50)
     assert steps == list(range(7)) and values.shape == (7, 5)
     assert packed_rows([])[0] == []
+
+
+def test_a_title_says_the_status_once_when_the_verdict_is_the_same() -> None:
+    from types import SimpleNamespace
+
+    from api.figures import _title
+
+    row = SimpleNamespace(name="x", spec={}, id="0" * 36, status="diverged")
+    row.diagnosis = {"verdict": "diverged"}
+    assert _title(row, "loss") == "x (diverged): loss"
+    row.status, row.diagnosis = "succeeded", {"verdict": "vanishing"}
+    assert _title(row, "loss") == "x (succeeded, vanishing): loss"
+    row.diagnosis = None
+    assert _title(row, "loss") == "x (succeeded): loss"
