@@ -1,10 +1,22 @@
 """Rows -> JSON: the experiment and sweep resources."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 from core.status import TERMINAL
 from core.sweeps import aggregate, effects, rank_key
 from core.tables import Experiment, Sweep, as_utc
+
+
+def progress(row: Experiment) -> dict[str, Any]:
+    """Steps done of all, and for a running row the seconds left at the pace so far."""
+    out: dict[str, Any] = {"step": row.progress_step, "total_steps": row.total_steps}
+    started = as_utc(row.started_at)
+    if row.status == "running" and started is not None and row.progress_step:
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        per_step = elapsed / row.progress_step
+        out["eta_s"] = round(max(row.total_steps - row.progress_step, 0) * per_step, 1)
+    return out
 
 
 def experiment_view(row: Experiment) -> dict[str, Any]:
@@ -20,7 +32,7 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
         "created_at": as_utc(row.created_at),
         "started_at": as_utc(row.started_at),
         "finished_at": as_utc(row.finished_at),
-        "progress": {"step": row.progress_step, "total_steps": row.total_steps},
+        "progress": progress(row),
         "spec": row.spec,
         "summary": row.summary,
         "diagnosis": row.diagnosis,

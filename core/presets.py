@@ -1,5 +1,6 @@
-"""Built-in studies, `POST /v1/sweeps {"preset": NAME}`."""
+"""Built-in studies, `POST /v1/sweeps {"preset": NAME}`, and what each one costs."""
 
+import math
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -7,6 +8,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # mitigations, as the sequence grows. Sized to finish in minutes on a CPU.
     "adding-mitigations": {
         "name": "adding problem: tanh RNN vs. the mitigations, by sequence length",
+        "description": "Which mitigation lets a recurrent net carry two numbers across the "
+        "sequence: a tanh RNN with and without clipping and layer norm, an IRNN, an LSTM (plain "
+        "and chrono-initialised), a GRU and an orthogonal W_hh, at T = 25, 50 and 100.",
         "base": {
             "task": {"name": "adding"},
             "model": {"hidden_size": 64},
@@ -35,6 +39,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # credit at the symbols, not the mixed h-profile. 10 symbols from 8; chance accuracy 1/8.
     "copy-mitigations": {
         "name": "copy memory: tanh RNN vs. the mitigations, by delay",
+        "description": "Which cell remembers 10 symbols over a delay of 10, 25 and 50 steps: a "
+        "tanh RNN (plain and with an orthogonal W_hh), an LSTM (plain, forget bias 1, chrono) "
+        "and a GRU; a loss at every step, so the verdict reads the recall loss's reach.",
         "base": {
             "task": {"name": "copy"},
             "model": {"hidden_size": 64},
@@ -58,3 +65,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seeds": [0, 1],
     },
 }
+
+
+# Cost units (core.spec.estimated_cost: the multiply-adds of the recurrence) one worker gets
+# through per second with the default instruments, on one thread of the 2-core development
+# machine: the default spec (cost 4.2e11) took about 8 minutes (8.7e8/s), the 36 runs of the
+# adding study 1,228 worker-seconds (6.7e8/s). An order of magnitude, for planning; a running
+# experiment's own `progress.eta_s` is measured.
+COST_PER_SECOND = 7e8
+
+
+def preset_info(name: str, max_cost: float) -> dict[str, Any]:
+    """A preset as `GET /v1/sweeps/presets` lists it: what it studies, how many runs, and about
+    how long they take on one worker and on four."""
+    from core.spec import SweepCreate, estimated_cost
+    from core.sweeps import expand, resolve
+
+    preset = PRESETS[name]
+    points = expand(resolve(SweepCreate(preset=name)), max_cost)
+    seconds = sum(estimated_cost(spec) for _, spec in points) / COST_PER_SECOND
+    return {
+        "name": preset["name"],
+        "description": preset["description"],
+        "grid": preset["grid"],
+        "seeds": preset["seeds"],
+        "runs": len(points),
+        "estimated_seconds": {
+            "one_worker": math.ceil(seconds),
+            "four_workers": math.ceil(seconds / 4),
+        },
+    }

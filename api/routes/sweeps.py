@@ -15,7 +15,7 @@ from core.lifecycle import (
 )
 from core.logs import request_id
 from core.owned import get_sweep, sweep_experiments
-from core.presets import PRESETS
+from core.presets import PRESETS, preset_info
 from core.queue import enqueue
 from core.settings import get_settings
 from core.spec import SweepCreate
@@ -29,13 +29,10 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
 @router.get("/presets")
 def list_presets(owner: Owner) -> FastJSON:
-    """The built-in studies and what they run."""
-    return FastJSON(
-        {
-            name: {"name": p["name"], "grid": p["grid"], "seeds": p["seeds"]}
-            for name, p in PRESETS.items()
-        }
-    )
+    """The built-in studies: what each studies, its grid and seeds, how many runs, and about
+    how long they take (from the cost model; an order of magnitude)."""
+    max_cost = get_settings().max_cost
+    return FastJSON({name: preset_info(name, max_cost) for name in PRESETS})
 
 
 @router.post("", status_code=202, responses={404: {}, 422: {}})
