@@ -3,14 +3,17 @@
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.status import StatusName
 
 
 class Progress(BaseModel):
-    step: int
-    total_steps: int
+    step: int = Field(description="training steps done")
+    total_steps: int = Field(description="training steps the spec asks for")
+    eta_s: float | None = Field(
+        None, description="running only: seconds left at the pace of the steps done so far"
+    )
 
 
 class ExperimentRead(BaseModel):
