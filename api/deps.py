@@ -1,6 +1,5 @@
 """The dependencies routes declare, each defined once: the session, the owner, thinning."""
 
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -29,7 +28,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 @dataclass
 class Thinning:
     """Query parameters that thin a long trace: a step range, then every k-th point, then at
-    most `max_points` evenly spaced."""
+    most `max_points` evenly spaced (the range's first and last point kept)."""
 
     from_step: int | None = Query(None, ge=0)
     to_step: int | None = Query(None, ge=0)
@@ -44,8 +43,12 @@ class Thinning:
             and (self.to_step is None or s <= self.to_step)
         ][:: self.every]
         if self.max_points is not None and len(idx) > self.max_points:
-            stride = math.ceil(len(idx) / self.max_points)
-            idx = idx[::stride]
+            # evenly spaced over the range, the first and the last point always kept
+            n, most = len(idx), self.max_points
+            picks = (
+                [0] if most == 1 else sorted({round(k * (n - 1) / (most - 1)) for k in range(most)})
+            )
+            idx = [idx[p] for p in picks]
         return idx
 
     def apply(self, steps: list[int], values: list[Any]) -> tuple[list[int], list[Any]]:
