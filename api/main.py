@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import observability, problems
-from api.routes import experiments, export, health, plots, reports, stream, sweeps, traces
+from api.routes import datasets, experiments, export, health, plots, reports, stream, sweeps, traces
 from core import logs
 from core.spec import ExperimentCreate
 
@@ -65,6 +65,7 @@ def create_app() -> FastAPI:
     app.include_router(reports.router)
     app.include_router(export.router)
     app.include_router(stream.router)
+    app.include_router(datasets.router)
     add_spec_and_security(app)
     return app
 
