@@ -13,9 +13,8 @@ import hashlib
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -25,6 +24,9 @@ from core.owned import get_dataset
 from core.spec import MAX_SEQ_LEN, ExperimentCreate, TaskShape
 from core.status import ACTIVE
 from core.tables import Dataset, DatasetBlob, DatasetChunk, Experiment, as_utc, utcnow
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("classification", "regression")
 MAX_FEATURES = 10_000
@@ -49,6 +51,8 @@ class Member:
 
     def blocks(self, row: int = 1) -> Iterator[np.ndarray]:
         """The data in blocks of whole rows of `row` items (C order), never all at once."""
+        import numpy as np
+
         itemsize = self.dtype.itemsize
         per_block = max(1, READ_BYTES // max(row * itemsize, 1)) * row
         left = int(np.prod(self.shape, dtype=np.int64))
@@ -62,6 +66,8 @@ class Member:
 
 
 def _open_member(zf: zipfile.ZipFile, name: str) -> Member:
+    import numpy as np
+
     stream = zf.open(f"{name}.npy")
     try:
         version = np.lib.format.read_magic(stream)
@@ -119,6 +125,9 @@ def too_large(limit: int) -> Problem:
 
 def inspect_npz(fileobj: IO[bytes], kind: str | None, limit: int) -> Inspected:
     """Validate an upload before anything of it is stored; every refusal names what is wrong."""
+    # numpy on first use: the API starts without it (tests/api/test_instrument_traces.py)
+    import numpy as np
+
     sha, size = digest(fileobj, limit)
     if fileobj.read(4) not in ZIP_MAGIC:
         raise refused("not an npz (a zip of .npy arrays, as np.savez writes)")
@@ -140,6 +149,8 @@ def inspect_npz(fileobj: IO[bytes], kind: str | None, limit: int) -> Inspected:
 
 
 def _check_arrays(zf: zipfile.ZipFile, kind: str | None, has_lengths: bool) -> dict[str, Any]:
+    import numpy as np
+
     x = _open_member(zf, "x")
     if len(x.shape) != 3:
         raise refused(f"x must be (N, T, F); it has shape {x.shape}", "x", "rank")
@@ -200,6 +211,8 @@ def _valid_steps(
     block: np.ndarray, first_row: int, lengths: np.ndarray | None, t: int, width: int
 ) -> np.ndarray:
     """The entries of a per-step block (whole rows of T x width) inside each row's length."""
+    import numpy as np
+
     if lengths is None:
         return block
     rows = block.reshape(-1, t, width)
@@ -208,6 +221,8 @@ def _valid_steps(
 
 
 def _check_classes(y: Member, lengths: np.ndarray | None, per_step: bool) -> dict[str, Any]:
+    import numpy as np
+
     if len(y.shape) not in (1, 2):
         raise refused(f"class ids y must be (N,) or (N, T); it is {y.shape}", "y", "rank")
     t = y.shape[1] if per_step else 1
@@ -234,6 +249,8 @@ def _check_classes(y: Member, lengths: np.ndarray | None, per_step: bool) -> dic
 
 
 def _check_regression(y: Member, lengths: np.ndarray | None, per_step: bool) -> dict[str, Any]:
+    import numpy as np
+
     if len(y.shape) > 3:
         raise refused(
             f"regression targets y must be (N,), (N, out) or (N, T, out); it is {y.shape}",

@@ -20,6 +20,12 @@ SMALL_RUN = {
 }
 
 
+@pytest.fixture(autouse=True)
+def own_cache(settings, tmp_path, monkeypatch):
+    """Each test's worker cache in its own folder, never the working tree's data/."""
+    monkeypatch.setattr(settings, "dataset_cache_dir", tmp_path / "cache")
+
+
 def counts(sessions) -> tuple[int, int, int]:
     with sessions() as s:
         return tuple(
