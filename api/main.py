@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api import observability, problems
 from api.query import QueryCheckMiddleware
-from api.routes import experiments, export, health, plots, reports, stream, sweeps, traces
+from api.routes import datasets, experiments, export, health, plots, reports, stream, sweeps, traces
 from core import logs
 from core.spec import ExperimentCreate
 
@@ -67,6 +67,7 @@ def create_app() -> FastAPI:
     app.include_router(reports.router)
     app.include_router(export.router)
     app.include_router(stream.router)
+    app.include_router(datasets.router)
     add_spec_and_security(app)
     return app
 

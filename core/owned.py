@@ -5,7 +5,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import Problem
-from core.tables import Experiment, Sweep
+from core.tables import Dataset, Experiment, Sweep
 
 MAX_ID_LEN = 36
 
@@ -21,6 +21,13 @@ def get_sweep(session: Session, sweep_id: str, owner: str) -> Sweep:
     row = session.get(Sweep, sweep_id) if len(sweep_id) <= MAX_ID_LEN else None
     if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no sweep {sweep_id!r}", "not-found")
+    return row
+
+
+def get_dataset(session: Session, dataset_id: str, owner: str) -> Dataset:
+    row = session.get(Dataset, dataset_id) if len(dataset_id) <= MAX_ID_LEN else None
+    if row is None or row.owner != owner:
+        raise Problem(404, "Not found", f"no dataset {dataset_id!r}", "not-found")
     return row
 
 

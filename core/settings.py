@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(300.0, gt=0)
     webhook_poll_s: float = Field(0.5, gt=0, description="how often the dispatcher looks")
 
+    # Uploaded datasets (README, "Your own data"): the largest file accepted, the size of the
+    # rows its bytes are stored in (the API holds about one at a time), and each worker's
+    # local cache of the files it has read, by SHA-256, bounded in bytes.
+    max_dataset_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    dataset_chunk_bytes: int = Field(1024 * 1024, ge=1024)
+    dataset_cache_dir: Path = DATA_DIR / "datasets"
+    dataset_cache_bytes: int = Field(2 * 1024**3, ge=0)
+
     worker_name: str | None = None
     # Threads torch may use in a worker; 1 per worker when several share a CPU.
     torch_threads: int | None = Field(None, ge=1)

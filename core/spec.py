@@ -2,6 +2,7 @@
 (`{}` is valid), every size has a documented maximum, and unknown fields are errors."""
 
 import difflib
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -44,9 +45,44 @@ class DigitsTask(Strict):
     permuted: bool = False
 
 
-TASK_MODELS = (AddingTask, CopyTask, DigitsTask)
+class SplitSpec(Strict):
+    val: float = Field(0.2, gt=0, lt=1, description="held-out fraction of the sequences")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="the split's own seed, not the run's")
+
+
+class SolvedSpec(Strict):
+    """When a run on an uploaded dataset counts as solved: one of the two."""
+
+    val_accuracy: float | None = Field(None, gt=0, le=1, description="at least this")
+    val_loss: float | None = Field(None, gt=0, description="below this")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "SolvedSpec":
+        if (self.val_accuracy is None) == (self.val_loss is None):
+            raise ValueError("give exactly one of val_accuracy, val_loss")
+        return self
+
+
+class DatasetTask(Strict):
+    """An uploaded dataset (POST /v1/datasets) by id; its T and F come from the upload."""
+
+    name: Literal["dataset"] = "dataset"
+    id: str = Field(min_length=1, max_length=36)
+    readout: Literal["last", "every"] = Field(
+        "last", description="the answer at each sequence's last step, or at every step"
+    )
+    split: SplitSpec = SplitSpec()
+    normalize: bool = Field(True, description="per feature, from the training split only")
+    key_steps: list[Annotated[int, Field(ge=0, lt=MAX_SEQ_LEN)]] | None = Field(
+        None, max_length=MAX_SEQ_LEN, description="the inputs that matter; default every step"
+    )
+    solved: SolvedSpec | None = Field(None, description="default: never reported solved")
+
+
+TASK_MODELS = (AddingTask, CopyTask, DigitsTask, DatasetTask)
 TASK_NAMES = frozenset(m.model_fields["name"].default for m in TASK_MODELS)
-TaskSpec = Annotated[AddingTask | CopyTask | DigitsTask, Field(discriminator="name")]
+TaskSpec = Annotated[AddingTask | CopyTask | DigitsTask | DatasetTask, Field(discriminator="name")]
+Task = AddingTask | CopyTask | DigitsTask | DatasetTask
 
 Activation = Literal["tanh", "relu", "sigmoid", "leaky_relu", "elu", "linear"]
 RecurrentInit = Literal[
@@ -337,8 +373,30 @@ class ExperimentCreate(Strict):
         return data
 
 
+@dataclass(frozen=True)
+class TaskShape:
+    """What the network reads: T steps of F features. An uploaded dataset's shape is in its
+    row, not in the spec, so the API looks it up and hands it to the estimates."""
+
+    seq_len: int
+    features: int
+
+
+BUILTIN_FEATURES = {"adding": 2, "copy": 10}
+
+
+def task_shape(task: Task, dataset: TaskShape | None = None) -> TaskShape:
+    if task.name == "dataset":
+        if dataset is None:
+            raise ValueError("an uploaded dataset's shape is read from its row")
+        return dataset
+    if task.name == "digits":
+        return TaskShape(seq_len_of(task), 8 if task.read == "rows" else 1)
+    return TaskShape(seq_len_of(task), BUILTIN_FEATURES[task.name])
+
+
 def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
-    """Length of the input sequence the network reads."""
+    """Length of the input sequence the network reads (built-in tasks)."""
     if task.name == "adding":
         return task.seq_len
     if task.name == "copy":
@@ -347,15 +405,15 @@ def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
     return 8 if task.read == "rows" else 64
 
 
-def estimated_cost(spec: ExperimentCreate) -> float:
-    """steps x batch x T x hidden^2 x layers x gate blocks: the multiply-adds that dominate."""
+def estimated_cost(spec: ExperimentCreate, dataset: TaskShape | None = None) -> float:
+    """steps x batch x T x gate blocks x hidden x (hidden x layers + F): the recurrent
+    multiply-adds plus the first layer's input projection (which an upload with many features
+    makes dominant). `dataset`: the uploaded dataset's shape, for task `dataset`."""
     gates = {"rnn": 1, "lstm": 4, "gru": 3}[spec.model.cell]
     m, t = spec.model, spec.train
-    return (
-        float(t.steps * t.batch_size * seq_len_of(spec.task) * m.hidden_size**2)
-        * m.num_layers
-        * gates
-    )
+    shape = task_shape(spec.task, dataset)
+    per_step = m.hidden_size * (m.hidden_size * m.num_layers + shape.features)
+    return float(t.steps * t.batch_size * shape.seq_len) * gates * per_step
 
 
 MAX_SWEEP_EXPERIMENTS = 200  # grid points x seeds in one sweep

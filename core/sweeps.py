@@ -5,13 +5,20 @@ import itertools
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from core.errors import Problem, field_error, field_errors, invalid_field
 from core.presets import PRESETS
-from core.spec import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
+from core.spec import (
+    MAX_SWEEP_EXPERIMENTS,
+    ExperimentCreate,
+    SweepCreate,
+    TaskShape,
+    estimated_cost,
+)
 from core.status import TERMINAL
 
 VARIANT = "variant"
@@ -72,9 +79,14 @@ def resolve(req: SweepCreate) -> SweepCreate:
     )
 
 
-def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], ExperimentCreate]]:
+def expand(
+    req: SweepCreate,
+    max_cost: float,
+    shape_of: Callable[[ExperimentCreate], TaskShape | None] = lambda spec: None,
+) -> list[tuple[dict[str, Any], ExperimentCreate]]:
     """Every grid point x seed as (params, validated spec). The first invalid point is a 422
-    naming it; nothing is queued."""
+    naming it; nothing is queued. `shape_of` gives an uploaded dataset's shape (and refuses a
+    missing one) for the cost estimate."""
     for path, levels in req.grid.items():
         if path == VARIANT and not all(isinstance(v, dict) and "label" in v for v in levels):
             raise invalid_field(
@@ -121,11 +133,16 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
                     point=params,
                     errors=errors,
                 ) from exc
-            if estimated_cost(spec) > max_cost:
+            try:
+                cost = estimated_cost(spec, shape_of(spec))
+            except Problem as exc:
+                exc.extra["point"] = params
+                raise
+            if cost > max_cost:
                 raise Problem(
                     422,
                     "Over the compute budget",
-                    f"the point {params} costs {estimated_cost(spec):.3g}, over {max_cost:.3g}",
+                    f"the point {params} costs {cost:.3g}, over {max_cost:.3g}",
                     "budget",
                     point=params,
                     errors=[field_error("grid", "over budget", "budget")],

@@ -176,3 +176,40 @@ class WebhookDelivery(Base):
         # one notification per event per attempt, whoever writes it
         Index("ux_webhook_deliveries_once", "experiment_id", "attempt", "event", unique=True),
     )
+
+
+class DatasetBlob(Base):
+    """An uploaded file's bytes, stored once however many datasets point at it: keyed by its
+    SHA-256, in `dataset_chunks` rows of at most DATASET_CHUNK_BYTES each."""
+
+    __tablename__ = "dataset_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetChunk(Base):
+    __tablename__ = "dataset_chunks"
+
+    sha256: Mapped[str] = mapped_column(
+        ForeignKey("dataset_blobs.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Dataset(Base):
+    """An owner's uploaded dataset: a name, what validation found (`meta`: shapes, dtypes,
+    kind, classes, lengths), and the content it points at."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(ForeignKey("dataset_blobs.sha256"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # classification, regression
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -8,6 +8,8 @@
     gradlab sweep sweep.json --wait
     gradlab report ID --out report.html  # self-contained HTML (add --sweep for a sweep)
     gradlab plot ID temporal --out temporal.png
+    gradlab datasets upload data.npz --name sensors   # then task {"name": "dataset", "id": ...}
+    gradlab datasets list | show ID | delete ID
 
 The URL and key come from --url / --key, else GRADLAB_URL / GRADLAB_KEY, else
 http://127.0.0.1:8000 and data/api_key. A spec file `-` is read from standard input. Exit
@@ -120,6 +122,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("name", choices=["temporal", "loss", "gradients", "spectrum"])
     s.add_argument("--out", required=True, help="file.png or file.svg")
+
+    s = sub.add_parser("datasets", help="your own sequences: upload, list, show, delete")
+    ds = s.add_subparsers(dest="action", required=True)
+    u = ds.add_parser("upload", help="an .npz with x (N, T, F), y and optionally lengths")
+    u.add_argument("file")
+    u.add_argument("--name", help="default: the file's name")
+    u.add_argument("--kind", choices=["classification", "regression"], help="default: inferred")
+    ds.add_parser("list", help="your datasets, newest first")
+    for action in ("show", "delete"):
+        ds.add_parser(action).add_argument("id")
     return p
 
 
@@ -156,9 +168,24 @@ def run(args: argparse.Namespace, gl: Client) -> int:
         _dump(sweep, None)
     elif cmd == "report":
         _write(gl.sweep_report(args.id) if args.sweep else gl.report(args.id), args.out)
+    elif cmd == "datasets":
+        return datasets(args, gl)
     elif cmd == "plot":
         fmt = "svg" if args.out.endswith(".svg") else "png"
         _write(gl.plot(args.id, args.name, fmt), args.out)
+    return 0
+
+
+def datasets(args: argparse.Namespace, gl: Client) -> int:
+    if args.action == "upload":
+        _dump(gl.upload_dataset(args.file, args.name, args.kind), None)
+    elif args.action == "list":
+        _dump(gl.datasets(), None)
+    elif args.action == "show":
+        _dump(gl.dataset(args.id), None)
+    else:
+        gl.delete_dataset(args.id)
+        print(f"deleted {args.id}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,8 @@
         exp = gl.submit({"task": {"seq_len": 50}})
         exp = gl.wait(exp["id"])
         print(exp["diagnosis"]["verdict"])
+        data = gl.upload_dataset("data.npz", name="sensors")  # your own sequences
+        gl.submit({"task": {"name": "dataset", "id": data["id"]}})
 
 Errors come back as `ApiError` carrying the RFC 9457 problem; 429 and 503 are retried after
 their Retry-After (a few times, capped), so polling rides out a rate limit or a database
@@ -121,6 +123,8 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
+            for _, fileobj in (kwargs.get("files") or {}).values():
+                fileobj.seek(0)  # a retried upload sends the file again from its start
             resp = self.http.request(method, path, **kwargs)
             if resp.status_code not in RETRY_STATUSES or attempt == self.retries:
                 break
@@ -235,3 +239,27 @@ class Client:
 
     def sweep_report(self, sweep_id: str) -> str:
         return self.request("GET", f"/v1/sweeps/{sweep_id}/report").text
+
+    # -- datasets --
+
+    def upload_dataset(
+        self, path: str | Path, name: str | None = None, kind: str | None = None
+    ) -> dict[str, Any]:
+        """Uploads an .npz (`x` (N, T, F), `y`, optionally `lengths`) as multipart field
+        `file`, streamed from disk; returns the dataset (id, shapes, kind, classes, sha256)."""
+        path = Path(path)
+        form = {k: v for k, v in {"name": name or path.stem, "kind": kind}.items() if v}
+        with path.open("rb") as f:
+            return self._json(
+                "POST", "/v1/datasets", files={"file": (path.name, f)}, data=form, timeout=None
+            )
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/datasets")["items"]
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Refused (ApiError 409) while a queued or running experiment uses it."""
+        self.request("DELETE", f"/v1/datasets/{dataset_id}")

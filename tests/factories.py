@@ -79,3 +79,45 @@ def run_finished(sessions, spec: dict[str, Any] = SMALL) -> str:
     exp_id = add_experiment(sessions, spec)
     assert run_experiment(exp_id) in ("succeeded", "diverged")
     return exp_id
+
+
+# --- uploaded datasets -----------------------------------------------------------------------
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    """An .npz as np.savez writes it, in memory."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def digits_arrays() -> dict[str, Any]:
+    """scikit-learn's 8x8 digits as the built-in `digits` task reads them (pixels, T=64, F=1,
+    scaled to [0, 1]): x (1797, 64, 1) float32, y (1797,) int64."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images.reshape(-1, 64, 1) / 16.0).astype(np.float32)
+    return {"x": x, "y": data.target.astype(np.int64)}
+
+
+def lag_arrays(n: int = 256, t: int = 20, lag: int = 3, seed: int = 0) -> dict[str, Any]:
+    """A regression with a known lag: y[:, s] = x[:, s - lag] (0 before the lag)."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).standard_normal((n, t, 1)).astype(np.float32)
+    y = np.zeros_like(x)
+    y[:, lag:] = x[:, :-lag]
+    return {"x": x, "y": y}
+
+
+def upload(client, content: bytes, name: str = "data", **form: str):
+    """POST /v1/datasets with `content` as the multipart field `file`."""
+    return client.post(
+        "/v1/datasets", files={"file": (f"{name}.npz", content)}, data={"name": name, **form}
+    )

@@ -18,6 +18,7 @@ from core.logs import bound_request_id
 from core.settings import Settings, get_settings
 from core.spec import ExperimentCreate
 from core.tables import Experiment
+from worker.datasets import uploaded
 from worker.heartbeat import Heartbeat
 from worker.instruments import default_instruments
 from worker.trace_writer import Writer, with_retries
@@ -73,6 +74,9 @@ def _run_claimed(row: Experiment, settings: Settings) -> str | None:
     writer.start()
     status, summary, error, step = "failed", None, None, None
     try:
+        task = None
+        if spec.task.name == "dataset":
+            task = uploaded.load_task(spec.task, row.owner, settings)
         result = train(
             spec,
             default_instruments(spec),
@@ -84,6 +88,7 @@ def _run_claimed(row: Experiment, settings: Settings) -> str | None:
             ),
             flush_every_steps=settings.flush_every_steps,
             flush_every_s=settings.flush_every_s,
+            task=task,
         )
         writer.put(result.batch, result.steps_run)
         status, summary, step = result.status, result.summary, result.steps_run
@@ -99,6 +104,9 @@ def _run_claimed(row: Experiment, settings: Settings) -> str | None:
                 "experiment %s attempt %d was taken over; not storing", experiment_id, attempt
             )
             return None
+    except uploaded.DatasetUnavailable as exc:
+        log.warning("experiment %s: %s", experiment_id, exc)
+        error = {"type": "dataset_unavailable", "message": str(exc)}
     except Exception as exc:  # ours or torch's: recorded on the row, the worker keeps serving
         log.exception("experiment %s failed", experiment_id)
         error = {

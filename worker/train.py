@@ -171,11 +171,14 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     flush_every_steps: int = 200,
     flush_every_s: float = 2.0,
+    task: SequenceTask | None = None,
 ) -> TrainResult:
+    """`task`: the task already built (an uploaded dataset, which the runner reads from the
+    database); default the spec's built-in task."""
     device = resolve_device(spec.train.device)
     dtype = torch.float64 if spec.train.dtype == "float64" else torch.float32
     torch.manual_seed(spec.seed)
-    task = make_task(spec.task)
+    task = task or make_task(spec.task)
     model = build_model(spec, task).to(device=device, dtype=dtype)
     optimizer = make_optimizer(spec.train.optimizer, model.parameters())
     run = Run(spec, task, model, optimizer, device, dtype)
@@ -288,6 +291,7 @@ def train(
         baseline_loss=task.baseline_loss,
         baseline_loss_val=validate.baseline_val,
         val_size=validate.size,
+        baseline_accuracy=task.baseline_accuracy,
         beat_baseline_at_step=validate.beat_baseline_at,
         solved_at_step=validate.solved_at,
         accuracy=val_acc,

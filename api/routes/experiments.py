@@ -25,7 +25,8 @@ from api.deps import Owner, SessionDep, current_owner
 from api.responses import FastJSON
 from api.schemas import EventsRead, ExperimentPage, ExperimentRead
 from api.serializers import experiment_view
-from core.db import get_engine, get_read_engine
+from core.datasets import check_task
+from core.db import get_engine, get_read_engine, get_sessionmaker
 from core.errors import Problem, field_error, invalid_field
 from core.lifecycle import (
     EXPERIMENTS,
@@ -39,7 +40,7 @@ from core.logs import request_id
 from core.owned import get_experiment
 from core.queue import enqueue
 from core.settings import get_settings
-from core.spec import ExperimentCreate, estimated_cost
+from core.spec import ExperimentCreate, TaskShape, estimated_cost
 from core.status import StatusName
 from core.tables import EVENT_KINDS, Event, Experiment, WebhookDelivery, as_utc, utcnow
 from core.webhooks import check_notify
@@ -51,7 +52,12 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 MAX_BODY_BYTES = 64 * 1024
 
 
-async def read_spec(request: Request) -> ExperimentCreate:
+def dataset_shape(owner: str, spec: ExperimentCreate) -> TaskShape | None:
+    with get_sessionmaker()() as session:
+        return check_task(session, owner, spec)
+
+
+async def read_spec(request: Request, owner: str) -> ExperimentCreate:
     """The body as a spec, whatever its Content-Type (`curl -d '{}'` sends a form type)."""
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
@@ -65,12 +71,17 @@ async def read_spec(request: Request) -> ExperimentCreate:
     if not isinstance(data, dict):
         raise invalid_field("the body must be a JSON object", None, "expected an object", "type")
     spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
-    cost, limit = estimated_cost(spec), get_settings().max_cost
+    # An uploaded dataset's T and F are in its row; built-in tasks cost no lookup.
+    shape = None
+    if spec.task.name == "dataset":
+        shape = await run_in_threadpool(dataset_shape, owner, spec)
+    cost, limit = estimated_cost(spec, shape), get_settings().max_cost
     if cost > limit:
         raise Problem(
             422,
             "Over the compute budget",
-            f"estimated cost {cost:.3g} (steps x batch x T x hidden^2 x layers x gates) is over "
+            f"estimated cost {cost:.3g} (steps x batch x T x gates x hidden x (hidden x layers "
+            f"+ F)) is over "
             f"the limit {limit:.3g}",
             "budget",
             estimate=cost,
@@ -119,7 +130,7 @@ async def create_experiment(request: Request) -> FastJSON:
     """The busiest write, kept lean like the read: auth, body and header without the
     dependency machinery, then one threadpool hop for the database and the broker."""
     owner = await current_owner(request)
-    spec = await read_spec(request)
+    spec = await read_spec(request, owner)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
         raise invalid_field(

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from api.deps import Owner, SessionDep
 from api.responses import FastJSON
 from api.serializers import sweep_view
+from core.datasets import check_task
 from core.lifecycle import (
     cancel_queued,
     check_active_cap,
@@ -18,7 +19,7 @@ from core.owned import get_sweep, sweep_experiments
 from core.presets import PRESETS, preset_info
 from core.queue import enqueue
 from core.settings import get_settings
-from core.spec import SweepCreate
+from core.spec import ExperimentCreate, SweepCreate, TaskShape
 from core.sweeps import expand, resolve
 from core.tables import Experiment, Sweep, utcnow
 from core.webhooks import check_notify
@@ -39,7 +40,15 @@ def list_presets(owner: Owner) -> FastJSON:
 def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSON:
     """Expand, validate every point, then queue them all (or nothing)."""
     req = resolve(req)
-    points = expand(req, get_settings().max_cost)
+    shapes: dict[str, TaskShape | None] = {}  # one lookup per dataset, not per point
+
+    def shape_of(spec: ExperimentCreate) -> TaskShape | None:
+        key = spec.task.model_dump_json() if spec.task.name == "dataset" else ""
+        if key not in shapes:
+            shapes[key] = check_task(session, owner, spec)
+        return shapes[key]
+
+    points = expand(req, get_settings().max_cost, shape_of)
     checked: set[tuple] = set()  # a URL is resolved once a sweep, not once a point
     for params, spec in points:
         if spec.notify is None:

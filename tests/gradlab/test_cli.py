@@ -219,3 +219,40 @@ def test_the_client_knows_the_services_terminal_statuses() -> None:
     from gradlab.client import TERMINAL as CLIENT_TERMINAL
 
     assert CLIENT_TERMINAL == TERMINAL
+
+
+def test_datasets_upload_list_show_delete(client, capsys, tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.factories import lag_arrays
+
+    path = tmp_path / "sensors.npz"
+    np.savez(path, **lag_arrays(n=30, t=8, lag=2))
+    code, out, err = cli(client, capsys, "datasets", "upload", str(path), "--name", "sensors")
+    assert code == 0, err
+    d = json.loads(out)
+    assert (d["name"], d["kind"], d["n"], d["seq_len"], d["target"]) == (
+        "sensors",
+        "regression",
+        30,
+        8,
+        "step",
+    )
+    code, out, _ = cli(client, capsys, "datasets", "list")
+    assert code == 0 and [x["id"] for x in json.loads(out)] == [d["id"]]
+    code, out, _ = cli(client, capsys, "datasets", "show", d["id"])
+    assert json.loads(out) == d
+    assert cli(client, capsys, "datasets", "delete", d["id"])[0] == 0
+    code, _, err = cli(client, capsys, "datasets", "show", d["id"])
+    assert code == 1 and "404" in err
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    code, _, err = cli(client, capsys, "datasets", "upload", str(bad))
+    assert code == 1 and "422" in err and "file: not an npz" in err
+
+    with Client(http=client) as gl:  # the Python client's counterparts
+        d = gl.upload_dataset(path, kind="regression")
+        assert d["name"] == "sensors" and gl.dataset(d["id"])["sha256"] == d["sha256"]
+        assert [x["id"] for x in gl.datasets()] == [d["id"]]
+        gl.delete_dataset(d["id"])
+        assert gl.datasets() == []

@@ -19,6 +19,7 @@ class SequenceTask(ABC):
     seq_len: int
     readout: Literal["last", "all"]  # the head reads the last step, or every step
     baseline_loss: float  # the loss of the best answer that ignores the inputs' memory
+    baseline_accuracy: float | None = None  # that answer's accuracy, where it is known
     solved_loss: float | None = None  # validation loss under this counts as solved
     solved_accuracy: float | None = None  # or validation accuracy at least this
     has_accuracy: bool = False
