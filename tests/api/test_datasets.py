@@ -266,7 +266,7 @@ def test_specs_on_a_dataset_are_checked_against_it(client, api_key, settings, mo
         "/v1/experiments", json={**SMALL_RUN, **more, "task": {"name": "dataset", **task}}
     )
     assert_problem(post({"id": "nope"}), 422, "task.id")
-    assert_problem(post({}), 422, "task.dataset.id")
+    assert_problem(post({}), 422, "task.id")
     assert_problem(post({"id": d["id"], "readout": "every"}), 422, "task.readout")
     assert_problem(post({"id": d["id"], "key_steps": [6]}), 422, "task.key_steps")
     assert (
