@@ -1,18 +1,22 @@
 """`gradlab`: the command line on top of client.Client.
 
     gradlab submit spec.json --wait      # 202, then poll to the end; prints the experiment
-    gradlab show ID
+    gradlab list --status running        # your experiments, newest first, one a line
+    gradlab show ID                      # a summary: status, verdict and why, outcome (--json)
+    gradlab cancel ID
     gradlab traces ID --out traces.json  # metrics, gradients, instruments, events
     gradlab export ID --tensorboard logs # then: tensorboard --logdir logs
     gradlab export ID --csv traces.csv   # every scalar series as step,name,value
     gradlab sweep sweep.json --wait
+    gradlab sweeps show ID | cancel ID
     gradlab report ID --out report.html  # self-contained HTML (add --sweep for a sweep)
     gradlab plot ID temporal --out temporal.png
     gradlab datasets upload data.npz --name sensors   # then task {"name": "dataset", "id": ...}
     gradlab datasets list | show ID | delete ID
 
 The URL and key come from --url / --key, else GRADLAB_URL / GRADLAB_KEY, else
-http://127.0.0.1:8000 and data/api_key. A spec file `-` is read from standard input. Exit
+http://127.0.0.1:$PORT (8000 when PORT is unset) and data/api_key in this folder or the
+nearest one above it (GRADLAB_KEY_FILE names another). A spec file `-` is read from stdin. Exit
 status: 0 done (with --wait: the run succeeded, or the sweep finished), 1 an API or network
 error (the problem goes to stderr), 2 a usage error, 3 the awaited run ended otherwise
 (diverged, failed, cancelled)."""
@@ -29,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from gradlab.client import ApiError, Client, UnsafeArchive, default_url
+from gradlab.client import ApiError, Client, UnsafeArchive, default_url, key_file
 
 
 def _load(path: str) -> Any:
@@ -81,7 +85,7 @@ def _sweep_progress(quiet: bool):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gradlab", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help=f"API base URL (GRADLAB_URL; default {default_url()})")
-    p.add_argument("--key", help="API key (GRADLAB_KEY; default: data/api_key)")
+    p.add_argument("--key", help="API key (GRADLAB_KEY; default: data/api_key here or above)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -92,7 +96,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--poll", type=float, default=1.0, help="seconds between polls (1)")
     s.add_argument("--idempotency-key")
 
-    s = sub.add_parser("show", help="an experiment: status, progress, summary, diagnosis")
+    s = sub.add_parser("list", help="your experiments, newest first, one a line")
+    s.add_argument("--status", action="append", help="this status (repeat for several)")
+    s.add_argument("--tag")
+    s.add_argument("--name", help="part of the name")
+    s.add_argument("--sweep", dest="sweep_id", help="a sweep's experiments")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true", help="the experiments as JSON")
+
+    s = sub.add_parser("show", help="an experiment: status, verdict, outcome (--json: all)")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true", help="the whole experiment resource")
+
+    s = sub.add_parser("cancel", help="cancel a queued or running experiment")
     s.add_argument("id")
 
     s = sub.add_parser("traces", help="an experiment's recorded traces as one JSON document")
@@ -112,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="poll until every run has ended")
     s.add_argument("--timeout", type=float)
     s.add_argument("--poll", type=float, default=2.0)
+
+    s = sub.add_parser("sweeps", help="a sweep: show (its points and ranking), cancel")
+    sw = s.add_subparsers(dest="action", required=True)
+    for action in ("show", "cancel"):
+        sw.add_parser(action).add_argument("id")
 
     s = sub.add_parser("report", help="the HTML report page of an experiment (or a sweep)")
     s.add_argument("id")
@@ -145,8 +166,23 @@ def run(args: argparse.Namespace, gl: Client) -> int:
             )
         _dump(exp, None)
         return 0 if not args.wait or exp["status"] == "succeeded" else 3
-    if cmd == "show":
-        _dump(gl.experiment(args.id), None)
+    if cmd == "list":
+        found = gl.experiments(
+            status=args.status,
+            tag=args.tag,
+            name=args.name,
+            sweep_id=args.sweep_id,
+            limit=args.limit,
+        )
+        _dump(found, None) if args.json else print("\n".join(map(one_line, found)))
+    elif cmd == "show":
+        exp = gl.experiment(args.id)
+        _dump(exp, None) if args.json else print(summary_lines(exp))
+    elif cmd == "cancel":
+        print(one_line(gl.cancel(args.id)))
+    elif cmd == "sweeps":
+        sweep = gl.sweep(args.id) if args.action == "show" else gl.cancel_sweep(args.id)
+        _dump(sweep, None)
     elif cmd == "traces":
         _dump(gl.traces(args.id, args.max_points), args.out)
     elif cmd == "export" and args.tensorboard:
@@ -176,6 +212,68 @@ def run(args: argparse.Namespace, gl: Client) -> int:
     return 0
 
 
+def one_line(exp: dict[str, Any]) -> str:
+    """id, status, step/total, verdict, name: what `gradlab list` prints for each."""
+    p = exp.get("progress") or {}
+    verdict = (exp.get("diagnosis") or {}).get("verdict") or "-"
+    steps = f"{p.get('step')}/{p.get('total_steps')}"
+    return f"{exp['id']}  {exp['status']:<9}  {steps:>13}  {verdict:<12}  {exp.get('name') or ''}"
+
+
+def summary_lines(exp: dict[str, Any]) -> str:
+    """What a researcher reads first: status, progress, verdict and why, outcome, the numbers."""
+    d = exp.get("diagnosis") or {}
+    s = exp.get("summary") or {}
+    p = exp.get("progress") or {}
+    spec = exp.get("spec") or {}
+    task, model = spec.get("task") or {}, spec.get("model") or {}
+    rows = [
+        ("experiment", f"{exp['id']} {exp.get('name') or ''}".rstrip()),
+        ("status", exp["status"] + (f" ({exp['error']['type']})" if exp.get("error") else "")),
+        (
+            "progress",
+            f"{p.get('step')}/{p.get('total_steps')}"
+            + (f", about {p['eta_s']:.0f} s left" if p.get("eta_s") is not None else ""),
+        ),
+        (
+            "set-up",
+            f"{model.get('cell')} {model.get('activation') or ''} "
+            f"{model.get('num_layers')}x{model.get('hidden_size')}, task {task.get('name')} "
+            f"{task.get('seq_len', task.get('read', ''))}".replace("  ", " "),
+        ),
+    ]
+    if d:
+        rows.append(("verdict", d.get("verdict") or "-"))
+        if d.get("reason"):
+            rows.append(("why", d["reason"]))
+        outcome = d.get("outcome") or {}
+        if outcome:
+            rows.append(("outcome", outcome.get("result") or "-"))
+        for m in d.get("suggestions") or []:
+            rows.append(("try", f"{m.get('mitigation')}: {m.get('why')}"))
+    for key in ("final_loss", "best_val_loss", "baseline_loss", "solved_at_step", "accuracy"):
+        if s.get(key) is not None:
+            rows.append((key, f"{s[key]:.4g}" if isinstance(s[key], float) else str(s[key])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def hint(exc: ApiError | httpx.HTTPError, url: str) -> str | None:
+    """One line on what to do, for the two errors a new user meets first."""
+    if isinstance(exc, ApiError) and exc.status == 401:
+        where = key_file()
+        found = f"the key in {where}" if where else "no key (no data/api_key found here or above)"
+        return (
+            f"used {found}; pass --key or set GRADLAB_KEY (`make run` prints the key and "
+            "writes data/api_key)"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return (
+            f"nothing answered at {url}; is the service running (`make run`)? --url or GRADLAB_URL"
+        )
+    return None
+
+
 def datasets(args: argparse.Namespace, gl: Client) -> int:
     if args.action == "upload":
         _dump(gl.upload_dataset(args.file, args.name, args.kind), None)
@@ -192,6 +290,7 @@ def datasets(args: argparse.Namespace, gl: Client) -> int:
 def main(argv: Sequence[str] | None = None, http: httpx.Client | None = None) -> int:
     """The console script. `http`: send through this httpx.Client (tests)."""
     args = parser().parse_args(argv)
+    url = args.url or default_url()
     try:
         with Client(args.url, args.key, http=http) as gl:
             return run(args, gl)
@@ -199,6 +298,11 @@ def main(argv: Sequence[str] | None = None, http: httpx.Client | None = None) ->
         print(f"gradlab: {exc}", file=sys.stderr)
         for err in exc.problem.get("errors") or []:
             print(f"  {err.get('field')}: {err.get('message')}", file=sys.stderr)
+        if (line := hint(exc, url)) is not None:
+            print(f"gradlab: {line}", file=sys.stderr)
+        return 1
+    except httpx.ConnectError as exc:
+        print(f"gradlab: {exc}; {hint(exc, url)}", file=sys.stderr)
         return 1
     except (
         httpx.HTTPError,

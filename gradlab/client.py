@@ -74,16 +74,40 @@ def extract_archive(archive: bytes, dest: Path) -> list[Path]:
 
 
 def default_url() -> str:
-    return os.environ.get("GRADLAB_URL") or DEFAULT_URL
+    """GRADLAB_URL, else the local service on PORT (as `make run` reads it), else :8000."""
+    if os.environ.get("GRADLAB_URL"):
+        return os.environ["GRADLAB_URL"]
+    port = os.environ.get("PORT")
+    return f"http://127.0.0.1:{port}" if port else DEFAULT_URL
+
+
+def key_file() -> Path | None:
+    """The embedded service's key file: GRADLAB_KEY_FILE, else data/api_key in the working
+    directory or the nearest folder above it that has one (so the CLI works from anywhere in
+    the checkout `make run` was started in)."""
+    if os.environ.get("GRADLAB_KEY_FILE"):
+        return Path(os.environ["GRADLAB_KEY_FILE"])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / KEY_FILE).is_file():
+            return folder / KEY_FILE
+    return None
 
 
 def default_key() -> str | None:
-    """GRADLAB_KEY, else data/api_key (relative to the working directory) when it exists."""
+    """GRADLAB_KEY, else the key in key_file() when there is one."""
     if os.environ.get("GRADLAB_KEY"):
         return os.environ["GRADLAB_KEY"]
-    if KEY_FILE.is_file():
-        return KEY_FILE.read_text().strip() or None
+    path = key_file()
+    if path is not None and path.is_file():
+        return path.read_text().strip() or None
     return None
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 class Client:
@@ -149,6 +173,31 @@ class Client:
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}")
+
+    def experiments(
+        self,
+        *,
+        status: str | list[str] | None = None,
+        tag: str | None = None,
+        name: str | None = None,
+        sweep_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The owner's experiments, newest first, filtered as the list route filters; every
+        page is fetched (at most `limit` experiments, when given)."""
+        params: list[tuple[str, str]] = [("status", s) for s in _as_list(status)]
+        params += [(k, v) for k, v in (("tag", tag), ("name", name), ("sweep_id", sweep_id)) if v]
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while limit is None or len(out) < limit:
+            page_size = 200 if limit is None else min(200, limit - len(out))
+            page = [*params, ("limit", str(page_size))] + ([("cursor", cursor)] if cursor else [])
+            body = self.request("GET", "/v1/experiments", params=page).json()
+            out += body["items"]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                break
+        return out
 
     def cancel(self, experiment_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/experiments/{experiment_id}/cancel")
@@ -236,6 +285,9 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"sweep {sweep_id} still {sweep['status']} after {timeout} s")
             time.sleep(poll)
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/sweeps/{sweep_id}/cancel").json()
 
     def sweep_report(self, sweep_id: str) -> str:
         return self.request("GET", f"/v1/sweeps/{sweep_id}/report").text

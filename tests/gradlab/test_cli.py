@@ -35,8 +35,18 @@ def test_submit_wait_show_traces_report_plot(client, sessions, capsys, tmp_path:
     assert code == 0 and exp["status"] == "succeeded" and ran == [exp["id"]]
     assert exp["progress"] == {"step": 30, "total_steps": 30} and exp["diagnosis"]["verdict"]
 
-    code, out, _ = cli(client, capsys, "show", exp["id"])
+    code, out, _ = cli(client, capsys, "show", exp["id"], "--json")
     assert code == 0 and json.loads(out)["summary"] == exp["summary"]
+    code, out, _ = cli(client, capsys, "show", exp["id"])  # the summary a person reads
+    lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert lines["status"] == "succeeded" and lines["verdict"] == exp["diagnosis"]["verdict"]
+    assert (
+        lines["progress"] == "30/30" and lines["outcome"] == exp["diagnosis"]["outcome"]["result"]
+    )
+    code, out, _ = cli(client, capsys, "list")
+    assert code == 0 and out.split()[:2] == [exp["id"], "succeeded"]
+    code, out, _ = cli(client, capsys, "list", "--status", "queued", "--json")
+    assert code == 0 and json.loads(out) == []
 
     traces = tmp_path / "traces.json"
     code, _, err = cli(client, capsys, "traces", exp["id"], "--out", str(traces))
@@ -256,3 +266,57 @@ def test_datasets_upload_list_show_delete(client, capsys, tmp_path: Path) -> Non
         assert [x["id"] for x in gl.datasets()] == [d["id"]]
         gl.delete_dataset(d["id"])
         assert gl.datasets() == []
+
+
+def test_cancel_and_the_python_list(client, capsys) -> None:
+    ids = [Client(http=client).submit({**SMALL, "name": f"run {i}"})["id"] for i in range(3)]
+    code, out, _ = cli(client, capsys, "cancel", ids[0])
+    assert code == 0 and out.split()[:2] == [ids[0], "cancelled"]
+    with Client(http=client) as gl:
+        assert [e["id"] for e in gl.experiments()] == ids[::-1]  # newest first
+        assert [e["id"] for e in gl.experiments(status="cancelled")] == [ids[0]]
+        assert [e["id"] for e in gl.experiments(status=["queued", "cancelled"], limit=2)] == [
+            ids[2],
+            ids[1],
+        ]
+        assert [e["name"] for e in gl.experiments(name="RUN 1")] == ["run 1"]
+
+
+def test_sweeps_show_and_cancel(client, capsys) -> None:
+    sweep = Client(http=client).submit_sweep({"base": SMALL, "grid": {"model.hidden_size": [4, 8]}})
+    code, out, _ = cli(client, capsys, "sweeps", "show", sweep["id"])
+    assert code == 0 and json.loads(out)["experiments"] == 2
+    code, out, _ = cli(client, capsys, "sweeps", "cancel", sweep["id"])
+    assert code == 0 and json.loads(out)["counts"] == {"cancelled": 2}
+
+
+def test_the_url_follows_port_and_the_key_file_is_found_from_a_subfolder(
+    monkeypatch, tmp_path: Path
+) -> None:
+    from gradlab.client import default_key, default_url
+
+    monkeypatch.delenv("GRADLAB_URL", raising=False)
+    monkeypatch.delenv("GRADLAB_KEY", raising=False)
+    monkeypatch.delenv("GRADLAB_KEY_FILE", raising=False)
+    monkeypatch.setenv("PORT", "8131")
+    assert default_url() == "http://127.0.0.1:8131"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api_key").write_text("glk_found\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert default_key() == "glk_found"
+    monkeypatch.setenv("GRADLAB_KEY_FILE", str(tmp_path / "nowhere"))
+    assert default_key() is None
+
+
+def test_a_401_and_a_refused_connection_say_what_to_do(client, capsys, monkeypatch) -> None:
+    from tests.serving import free_port
+
+    client.headers["Authorization"] = "Bearer glk_wrong"
+    code, _, err = cli(client, capsys, "list")
+    assert code == 1 and "401" in err and "GRADLAB_KEY" in err and "make run" in err
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["--url", url, "--key", "k", "list"]) == 1
+    err = capsys.readouterr().err
+    assert url in err and "make run" in err
