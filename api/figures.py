@@ -3,11 +3,12 @@ render/plots.py, which knows no database."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from api.render import plots
+from api.serializers import point_label, run_label
 from core import series
 from core.diagnosis import GAMMA
 from core.tables import Experiment
@@ -76,16 +77,6 @@ def experiment_figure(session: Session, row: Experiment, name: str) -> Figure:
     raise ValueError(f"no plot {name!r}")
 
 
-def point_label(params: dict[str, Any] | None) -> str:
-    """A grid point's values, short: `cell=lstm, seq_len=50`."""
-    parts = []
-    for key, value in sorted((params or {}).items()):
-        if isinstance(value, dict):
-            value = value.get("label", value)
-        parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
-    return ", ".join(parts) or "base"
-
-
 SERIES_OF = {"loss": series.LOSS, "val_loss": series.VAL_LOSS, "grad_norm": series.GRAD_NORM_TOTAL}
 
 
@@ -96,6 +87,6 @@ def overlay(
     lines = []
     for row in rows:
         steps, values = concat(load_series(session, row, [wanted])[wanted])
-        label = point_label(row.sweep_params) if by_point else (row.name or row.id[:8])
+        label = point_label(row.sweep_params) if by_point else run_label(row)
         lines.append((label, steps, values))
     return plots.overlay_figure(lines, quantity, title)

@@ -93,3 +93,24 @@ def sweep_view(sweep: Sweep, rows: list[Experiment]) -> dict[str, Any]:
         "ranking": [p["params"] for p in sorted(ordered, key=lambda p: p["rank"])],
         "effects": effect_rows,
     }
+
+
+def point_label(params: dict[str, Any] | None) -> str:
+    """A grid point's values, short: `cell=lstm, seq_len=50`."""
+    parts = []
+    for key, value in sorted((params or {}).items()):
+        if isinstance(value, dict):
+            value = value.get("label", value)
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return ", ".join(parts) or "base"
+
+
+def run_label(row: Experiment) -> str:
+    """A run's name for a legend or a TensorBoard run: its name (or its id's first 8
+    characters), and for a sweep's run the grid point and the seed that tell it from the sweep's
+    other runs, which share the sweep's name."""
+    name = row.name or row.id[:8]
+    if row.sweep_id is None:
+        return name
+    seed = (row.spec or {}).get("seed")
+    return f"{name} [{point_label(row.sweep_params)}, seed={seed}]"

@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import Owner, SessionDep
 from api.render.tfevents import ScalarWriter
+from api.serializers import run_label
 from core.db import get_sessionmaker
 from core.owned import get_experiment
 from core.tables import Experiment, as_utc
@@ -112,10 +113,11 @@ def tensorboard_tag(name: str) -> str:
 
 
 def run_name(row: Experiment) -> str:
-    """The run directory: the experiment's name made safe for a path, with the id's first 8
-    characters so that two runs of one name extracted into one log directory stay two runs;
-    the id alone for an unnamed experiment."""
-    name = re.sub(r"[^A-Za-z0-9._=+-]+", "_", row.name or "").strip("._")[:80]
+    """The run directory: the experiment's label (its name; for a sweep's run the grid point and
+    seed too) made safe for a path, with the id's first 8 characters so that two runs of one
+    name extracted into one log directory stay two runs; the id alone for an unnamed one."""
+    label = run_label(row) if row.name else ""
+    name = re.sub(r"[^A-Za-z0-9._=+-]+", "_", label).strip("._")[:120]
     return f"{name}_{row.id[:8]}" if name else row.id
 
 

@@ -178,3 +178,27 @@ def test_tensorboard_tags_and_run_names() -> None:
     named = Experiment(id=exp_id, name="tanh rnn, adding / T=200")
     assert run_name(named) == "tanh_rnn_adding_T=200_0b6f6c4e"
     assert run_name(Experiment(id=exp_id, name="..")) == exp_id
+
+
+def test_a_sweeps_runs_get_labels_and_run_names_of_their_own() -> None:
+    """The sweep's runs share its name: the grid point and the seed tell them apart, in the
+    overlay's legend and in TensorBoard's run list."""
+    from api.serializers import run_label
+    from core.tables import Experiment
+
+    def run_of(i: str, seed: int, cell: str) -> Experiment:
+        return Experiment(
+            id=f"{i}" * 8 + "-0000-0000-0000-000000000000",
+            name="clip vs length",
+            sweep_id="s",
+            sweep_params={"model.cell": cell},
+            spec={"seed": seed},
+        )
+
+    runs = [run_of("a", 0, "rnn"), run_of("b", 1, "rnn"), run_of("c", 0, "lstm")]
+    labels = [run_label(r) for r in runs]
+    assert labels[0] == "clip vs length [cell=rnn, seed=0]"
+    assert len(set(labels)) == 3 and len({run_name(r) for r in runs}) == 3
+    assert run_name(runs[2]) == "clip_vs_length_cell=lstm_seed=0_cccccccc"
+    alone = Experiment(id="d" * 8 + "-0000-0000-0000-000000000000", name="solo")
+    assert run_label(alone) == "solo"
