@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from core.spec import ExperimentCreate
+from gradlab.instruments.norms import scaled_norms
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from worker.datasets import SequenceTask, make_task
 from worker.instruments.base import Batch, Instrument, Run, StepContext
-from worker.instruments.grad_norms import scaled_norms
 from worker.nan_origin import locate_nonfinite
 from worker.optim import lr_factor, make_optimizer, set_lr
 
