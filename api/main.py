@@ -5,7 +5,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import observability, problems
-from api.routes import experiments, export, health, plots, reports, stream, sweeps, traces
+from api.routes import (
+    experiments,
+    export,
+    health,
+    ingest,
+    plots,
+    reports,
+    stream,
+    sweeps,
+    traces,
+)
 from core import logs
 from core.spec import ExperimentCreate
 
@@ -58,6 +68,7 @@ def create_app() -> FastAPI:
     app.add_middleware(observability.ObservabilityMiddleware)
     app.include_router(observability.router)
     app.include_router(health.router)
+    app.include_router(ingest.router)  # before experiments: POST /v1/experiments/external
     app.include_router(experiments.router)
     app.include_router(traces.router)
     app.include_router(sweeps.router)
