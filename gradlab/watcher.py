@@ -462,6 +462,8 @@ class Run:
                 direct[-1] += g_hn[k]
             cell = torch.empty_like(hk) if watched.kind == "lstm" else None
             ck0 = None if c0s is None else c0s[k]
+            # the lower layer's direct gradient from the recursion's own gate gradients
+            dz = hk.new_empty(*hk.shape[:2], 4, hid) if k > 0 and cell is not None else None
             a = hidden_adjoint(
                 layer,
                 xk,
@@ -472,6 +474,7 @@ class Run:
                 h0=h0s[k],
                 c0=ck0,
                 cell_direct=None if g_cn is None else g_cn[k],
+                dz_out=dz,
             )
             index = watched.first_layer + k
             profile = a.flatten(1).norm(dim=1)  # (T,)
@@ -482,7 +485,7 @@ class Run:
             self._step_profiles[index] = (profile, cell_profile)
             self._guarded("saturation", self._saturation, index, step, layer, xk, hk, h0s[k], ck0)
             if k > 0:
-                direct = input_gradient(layer, xk, hk, a, cell, h0s[k], ck0)
+                direct = input_gradient(layer, xk, hk, a, cell, h0s[k], ck0, dz)
 
     def _saturation(self, index: int, step: int, layer, x, h, h0, c0) -> None:
         fractions = layer_saturation(layer, x, h, h0, c0)

@@ -247,9 +247,11 @@ def _lstm(
     cell_out: Tensor | None = None,
     c0: Tensor | None = None,
     cell_direct: Tensor | None = None,
+    dz_out: Tensor | None = None,
 ) -> Tensor:
     """dL/dh_t; the total dL/dc_t is written into `cell_out` (T, B, H) when given.
-    cell_direct: the gradient the final cell state c_{T-1} received from outside (c_n's)."""
+    cell_direct: the gradient the final cell state c_{T-1} received from outside (c_n's).
+    dz_out (T, B, 4, H): filled with the gates' pre-activation gradients (for dL/dx)."""
     v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
     assert c is not None
     t_len, b, n = direct.shape
@@ -268,6 +270,8 @@ def _lstm(
                 cell_out[t] = ac
             torch.mul(coef[k, :, :3], ac.unsqueeze(1), out=dz[:, :3])
             torch.mul(coef[k, :, 3], a[t], out=dz[:, 3])
+            if dz_out is not None:
+                dz_out[t] = dz
             if t > 0:
                 a[t - 1].addmm_(dz.view(b, 4 * n), w_hh)
             carry = ac * v[t, :, 1]
@@ -347,13 +351,15 @@ def hidden_adjoint(
     h0: Tensor | None = None,
     c0: Tensor | None = None,
     cell_direct: Tensor | None = None,
+    dz_out: Tensor | None = None,
 ) -> Tensor | None:
     """dL/dh_t for every t, (T, B, H); None for a layer with no known route.
 
     x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient.
     cell_out (lstm, closed form): filled with the total dL/dc_t, (T, B, H).
     h0, c0: the initial state (B, H) when not zero (closed form only); cell_direct (lstm): the
-    gradient the last cell state received from outside the layer (a returned c_n)."""
+    gradient the last cell state received from outside the layer (a returned c_n); dz_out
+    (lstm, (T, B, 4, H)): filled with the pre-activation gradients `input_gradient` reads."""
     kind = layer_kind(layer)
     if kind is None:
         return None
@@ -365,7 +371,8 @@ def hidden_adjoint(
     with torch.no_grad():
         w_hh = layer.weight_hh_l0.detach()
         if kind == "lstm":
-            return _lstm(w_hh, gates(layer, x, h, h0, c0), direct, cell_out, c0, cell_direct)
+            g = gates(layer, x, h, h0, c0)
+            return _lstm(w_hh, g, direct, cell_out, c0, cell_direct, dz_out)
         if kind == "gru":
             return _gru(w_hh, gates(layer, x, h, h0), h, direct, h0)
         dfdz = activation_derivative(kind.split(":", 1)[1], layer, x, h, h0)
@@ -381,13 +388,17 @@ def input_gradient(
     cell: Tensor | None = None,
     h0: Tensor | None = None,
     c0: Tensor | None = None,
+    dz: Tensor | None = None,
 ) -> Tensor:
     """dL/dx_t through this layer, (T, B, I), from its total adjoint a (T, B, H) (and for an
-    lstm the total dL/dc_t, `cell`): the 'direct' gradient of the layer below in a stack.
-    All time steps at once: the pre-activation gradients, then one GEMM with W_ih."""
+    lstm the total dL/dc_t, `cell`, or the pre-activation gradients `dz` the recursion kept):
+    the 'direct' gradient of the layer below in a stack. All time steps at once: the
+    pre-activation gradients, then one GEMM with W_ih."""
     kind = layer_kind(layer)
     w_ih = layer.weight_ih_l0.detach()
-    if kind == "lstm":
+    if dz is not None:
+        pass
+    elif kind == "lstm":
         assert cell is not None
         g = gates(layer, x, h, h0, c0)
         coef, _ = _lstm_coef(g.values, g.cell, shifted(g.cell, c0))
