@@ -70,7 +70,7 @@ class SeriesUpload(Strict):
 
 
 class EventUpload(Strict):
-    step: int | None = Field(None, ge=0, le=2**62)
+    step: int | None = Field(None, ge=0, le=2**31 - 1)
     kind: str = Field(min_length=1, max_length=40)
     detail: dict[str, Any] = Field(default_factory=dict)
 

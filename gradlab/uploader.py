@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -41,6 +42,18 @@ def pack_series(name: str, steps: list[int], values: list[Any]) -> dict[str, Any
         "steps": base64.b64encode(np.asarray(steps, dtype="<i8").tobytes()).decode(),
         "values": base64.b64encode(np.ascontiguousarray(block, dtype="<f8").tobytes()).decode(),
     }
+
+
+def finite_json(value: Any) -> Any:
+    """JSON has no NaN or Infinity (httpx refuses them): they go as "nan", "inf", "-inf", as
+    the service stores them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -162,8 +175,10 @@ class Uploader(threading.Thread):
         self.down_since, self._backoff = None, self.retry_s
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response | None:
+        content = json.dumps(finite_json(body)).encode()
+        headers = {"Content-Type": "application/json"}
         try:
-            return self.http.post(path, json=body, timeout=self.timeout)
+            return self.http.post(path, content=content, headers=headers, timeout=self.timeout)
         except httpx.HTTPError:
             return None
 

@@ -13,7 +13,7 @@ from api.schemas import BatchStored, ExperimentRead, HeartbeatRead
 from api.serializers import experiment_view
 from core import lifecycle, traces
 from core.diagnosis import diagnose
-from core.errors import Problem
+from core.errors import Problem, invalid_field
 from core.external import (
     MAX_BATCH_BYTES,
     SOURCE,
@@ -71,7 +71,7 @@ def create_external(owner: Owner, body: ExternalRunCreate, session: SessionDep) 
     row = lifecycle.start_external(
         session,
         owner,
-        external_spec(body),
+        lifecycle.json_safe(external_spec(body)),  # no NaN in a JSON column
         name=body.name,
         tags=body.tags,
         total_steps=body.total_steps,
@@ -155,7 +155,13 @@ def finish_external(
             return FastJSON(experiment_view(row))
         raise _not_running(row)
     summary = with_evidence(body.summary)
-    diagnosis = diagnose(summary, row.spec, body.status)
+    try:
+        diagnosis = diagnose(summary, row.spec, body.status)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        reason = f"the diagnosis cannot read this summary: {exc}"
+        raise invalid_field(
+            reason, "summary", "not a summary the diagnosis reads", "value"
+        ) from exc
     done = lifecycle.finish(
         session,
         row.id,
@@ -163,7 +169,7 @@ def finish_external(
         body.status,
         summary=summary,
         diagnosis=diagnosis,
-        error=body.error,
+        error=lifecycle.json_safe(body.error),
         progress_step=body.step,
     )
     session.refresh(row)

@@ -279,3 +279,41 @@ def test_cancel_reaches_the_client_through_its_heartbeat(client) -> None:
     assert beat["cancel_requested"] is True
     done = client.post(f"/v1/experiments/{run['id']}/finish", json={"status": "cancelled"})
     assert done.json()["status"] == "cancelled"
+
+
+def post_raw(client, path: str, body: dict):
+    """JSON with NaN and Infinity literals, as Python's json writes them (httpx refuses to)."""
+    headers = {"Content-Type": "application/json"}
+    return client.post(path, content=json.dumps(body), headers=headers)
+
+
+def test_nonfinite_numbers_from_a_client_are_stored_as_words(client) -> None:
+    resp = post_raw(
+        client,
+        "/v1/experiments/external",
+        {"config": {"lr": float("nan"), "clip": float("inf")}},
+    )
+    run = resp.json()
+    assert resp.status_code == 201 and run["spec"]["config"] == {"lr": "nan", "clip": "inf"}
+    ev = {"step": 1, "kind": "nonfinite", "detail": {"norm": float("inf")}}
+    batch = post_raw(client, f"/v1/experiments/{run['id']}/batches", {"seq": 0, "events": [ev]})
+    assert batch.status_code == 200
+    events = client.get(f"/v1/experiments/{run['id']}/events").json()["items"]
+    assert events[0]["detail"] == {"norm": "inf"}
+    done = post_raw(
+        client,
+        f"/v1/experiments/{run['id']}/finish",
+        {"status": "failed", "error": {"loss": float("nan")}, "summary": {"x": float("nan")}},
+    ).json()
+    assert done["error"] == {"loss": "nan"} and done["summary"]["x"] == "nan"
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [{"max_grad_norm": "big"}, {"temporal_profile": [1, 2]}, {"spectrum": {"0": {"f": 3}}}],
+)
+def test_a_summary_the_diagnosis_cannot_read_is_a_422(client, summary) -> None:
+    run = create(client)
+    resp = client.post(f"/v1/experiments/{run['id']}/finish", json={"summary": summary})
+    assert_problem(resp, 422, "summary")
+    assert client.get(f"/v1/experiments/{run['id']}").json()["status"] == "running"
