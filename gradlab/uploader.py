@@ -115,25 +115,39 @@ class Uploader(threading.Thread):
     # --- the upload thread ----------------------------------------------------------------
 
     def run(self) -> None:
+        """The loop, kept alive whatever one round meets: an error is logged once, the batch
+        it was packing is counted as dropped, and uploading goes on."""
         while True:
-            # take what the loop handed over, packed into wire batches
             try:
-                item = self.inbox.get(timeout=0.2)
-                self._accept(item)
-                while True:
-                    self._accept(self.inbox.get_nowait())
-            except queue.Empty:
-                pass
-            now = time.monotonic()
-            if now >= self._next_try:
-                self._send_what_waits(now)
-            caught_up = self.inbox.empty() and not self.pending and not self._spool_lines
-            if self.finish_body is not None and caught_up and self.run_id and self._post_finish():
-                self.finished.set()
-                return
-            if self.stop.is_set() and self.inbox.empty():
-                self._spill()  # whatever is unsent stays on disk
-                return
+                if self._round():
+                    return
+            except Exception:
+                self.dropped += 1
+                if "round" not in self._warned:
+                    self._warned.add("round")
+                    log.exception("gradlab: an upload round failed; going on")
+
+    def _round(self) -> bool:
+        """One round: True when the thread is done."""
+        # take what the loop handed over, packed into wire batches
+        try:
+            item = self.inbox.get(timeout=0.2)
+            self._accept(item)
+            while True:
+                self._accept(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        if now >= self._next_try:
+            self._send_what_waits(now)
+        caught_up = self.inbox.empty() and not self.pending and not self._spool_lines
+        if self.finish_body is not None and caught_up and self.run_id and self._post_finish():
+            self.finished.set()
+            return True
+        if self.stop.is_set() and self.inbox.empty():
+            self._spill()  # whatever is unsent stays on disk
+            return True
+        return False
 
     def _accept(self, item: dict[str, Any]) -> None:
         series = [pack_series(n, s, v) for n, (s, v) in item["series"].items() if s]

@@ -292,9 +292,12 @@ class Run:
             status = "cancelled"
         if self.first_nonfinite is not None and status == "succeeded":
             status = "diverged"
-        self.uploader.request_finish(
-            {"status": status, "step": self._step, "summary": self.summary()}
-        )
+        try:
+            summary = self.summary()
+        except Exception:  # the run still ends; the service diagnoses what it has
+            log.exception("gradlab.watch: the summary failed; finishing without it")
+            summary = {"steps": self._step}
+        self.uploader.request_finish({"status": status, "step": self._step, "summary": summary})
         if not self.uploader.finished.wait(self.finish_timeout_s):
             log.warning(
                 "gradlab: the service did not take the run's end within %.0f s; the unsent "
