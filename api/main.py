@@ -6,7 +6,18 @@ from fastapi import FastAPI
 
 from api import observability, problems
 from api.query import QueryCheckMiddleware
-from api.routes import datasets, experiments, export, health, plots, reports, stream, sweeps, traces
+from api.routes import (
+    datasets,
+    experiments,
+    export,
+    health,
+    ingest,
+    plots,
+    reports,
+    stream,
+    sweeps,
+    traces,
+)
 from core import logs
 from core.spec import ExperimentCreate
 
@@ -60,6 +71,7 @@ def create_app() -> FastAPI:
     app.add_middleware(observability.ObservabilityMiddleware)  # outermost: sees the 422s too
     app.include_router(observability.router)
     app.include_router(health.router)
+    app.include_router(ingest.router)  # before experiments: POST /v1/experiments/external
     app.include_router(experiments.router)
     app.include_router(traces.router)
     app.include_router(sweeps.router)

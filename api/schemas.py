@@ -23,6 +23,7 @@ class ExperimentRead(BaseModel):
     tags: list[str]
     sweep_id: str | None = None
     sweep_params: dict[str, Any] | None = None
+    source: str = "service"  # "external": fed by gradlab.watch from a user's own loop
     attempt: int
     created_at: datetime
     started_at: datetime | None
@@ -33,6 +34,16 @@ class ExperimentRead(BaseModel):
     diagnosis: dict[str, Any] | None
     error: dict[str, Any] | None
     links: dict[str, str]
+
+
+class BatchStored(BaseModel):
+    seq: int
+    stored: bool  # false: this batch number was already stored (a retried upload)
+
+
+class HeartbeatRead(BaseModel):
+    status: str
+    cancel_requested: bool
 
 
 class ExperimentPage(BaseModel):

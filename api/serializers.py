@@ -28,6 +28,7 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
         "tags": row.tags or [],
         "sweep_id": row.sweep_id,
         "sweep_params": row.sweep_params,
+        "source": getattr(row, "source", None) or "service",
         "attempt": row.attempt,
         "created_at": as_utc(row.created_at),
         "started_at": as_utc(row.started_at),

@@ -114,6 +114,7 @@ def queued_values(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         request_id=request_id,
+        source="service",
         attempt=0,
         cancel_requested=False,
         progress_step=0,
@@ -148,6 +149,48 @@ def check_active_cap(session: Session, owner: str, adding: int, cap: int) -> Non
     # Is there a (cap - adding + 1)-th active row? An index walk that stops there, not a count.
     if session.execute(active_rows(owner).offset(max(cap - adding, 0)).limit(1)).first():
         raise over_cap(session, owner, adding, cap)
+
+
+# --- external runs: created running by their client (gradlab.watch) --------------------------
+
+
+def start_external(
+    session: Session,
+    owner: str,
+    spec: dict[str, Any],
+    *,
+    name: str | None,
+    tags: list[str],
+    total_steps: int,
+    request_id: str | None,
+    client: str | None,
+    cap: int,
+) -> Experiment:
+    """A new external run, `running` at once (attempt 1: there is no other), under the owner's
+    active cap like a submission. Commits."""
+    check_active_cap(session, owner, 1, cap)
+    now = utcnow()
+    row = Experiment(
+        id=new_id(),
+        status="running",
+        source="external",
+        name=name,
+        tags=tags,
+        owner=owner,
+        spec=spec,
+        request_id=request_id,
+        attempt=1,
+        worker=client,
+        cancel_requested=False,
+        progress_step=0,
+        total_steps=total_steps,
+        created_at=now,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    session.add(row)
+    session.commit()
+    return row
 
 
 # --- cancel ---------------------------------------------------------------------------------
@@ -324,13 +367,25 @@ def settle_stale(
     session: Session, row: Experiment, cutoff: datetime, max_attempts: int, stale_after_s: float
 ) -> bool:
     """A stale running row goes back to `queued`, or to `cancelled` when a cancel was asked,
-    or to `failed` once its attempts are spent; with its `worker_lost` event and `finished`
-    delivery. False when the row moved meanwhile (nothing written)."""
+    or to `failed` once its attempts are spent (an external run at once: `client_lost`); with
+    its `worker_lost` (or `client_lost`) event and `finished` delivery. False when the row
+    moved meanwhile (nothing written)."""
     now = utcnow()
     detail: dict[str, Any] = {"worker": row.worker, "attempt": row.attempt}
     values: dict[str, Any]
     if row.cancel_requested:
         values = {"status": "cancelled", "finished_at": now}
+    elif row.source == "external":  # a user's own loop: nothing here can run it again
+        values = {
+            "status": "failed",
+            "finished_at": now,
+            "error": {
+                "type": "client_lost",
+                "message": f"no heartbeat from the client for {stale_after_s:.0f} s; an "
+                "external run is not re-run",
+                **detail,
+            },
+        }
     elif row.attempt >= max_attempts:
         values = {
             "status": "failed",
@@ -368,7 +423,7 @@ def settle_stale(
             experiment_id=row.id,
             attempt=row.attempt,
             step=row.progress_step,
-            kind="worker_lost",
+            kind="client_lost" if row.source == "external" else "worker_lost",
             detail={**detail, "now": row.status},
         )
     )

@@ -57,6 +57,9 @@ class Experiment(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # X-Request-ID of the submitting request: the worker's log lines for this run carry it.
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # "service": run by a worker from its spec; "external": fed by gradlab.watch in a user's
+    # own loop (never queued, never re-run).
+    source: Mapped[str] = mapped_column(String(16), default="service", server_default="service")
 
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
@@ -97,6 +100,19 @@ class SeriesChunk(Base):
     values: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_series_lookup", "experiment_id", "name", "first_step"),)
+
+
+class ExternalBatch(Base):
+    """A batch an external run's client has stored: its sequence number makes a retried upload
+    a no-op (the primary key refuses it a second time)."""
+
+    __tablename__ = "external_batches"
+
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # What an event's `kind` may be: a non-finite loss or gradient (with its origin), a gradient

@@ -11,10 +11,10 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
-from core.tables import SeriesChunk
+from core.tables import ExternalBatch, SeriesChunk
 
 STEP_DTYPE, VALUE_DTYPE = "<i8", "<f8"  # numpy names of the stored layout
 
@@ -32,6 +32,51 @@ def chunk_row(
         steps=_pack("q", steps),
         values=values.astype(VALUE_DTYPE, order="C", copy=False).tobytes(),
     )
+
+
+def packed_chunk_row(
+    experiment_id: str,
+    attempt: int,
+    name: str,
+    steps: Sequence[int],
+    width: int,
+    packed_steps: bytes,
+    packed_values: bytes,
+) -> SeriesChunk:
+    """One chunk from bytes already in the stored layout (an external run's upload, checked by
+    core.external.decode_series): stored as they came."""
+    return SeriesChunk(
+        experiment_id=experiment_id,
+        attempt=attempt,
+        name=name,
+        first_step=min(steps),
+        width=width,
+        steps=packed_steps,
+        values=packed_values,
+    )
+
+
+def batch_stored(session: Session, experiment_id: str, seq: int) -> bool:
+    """Whether an external run's batch number `seq` is already stored."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    ExternalBatch.experiment_id == experiment_id, ExternalBatch.seq == seq
+                )
+            )
+        )
+    )
+
+
+def add_batch(
+    session: Session, experiment_id: str, seq: int, chunks: Iterable[SeriesChunk]
+) -> None:
+    """An external run's batch `seq` with its chunks, in the caller's transaction. The
+    (experiment, seq) primary key makes the commit of a second copy fail (IntegrityError):
+    the caller rolls it back, so a retried upload is stored once even when two copies race."""
+    session.add(ExternalBatch(experiment_id=experiment_id, seq=seq))
+    session.add_all(list(chunks))
 
 
 def delete_earlier_attempts(session: Session, experiment_id: str, attempt: int) -> None:

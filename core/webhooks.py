@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.errors import invalid_field
 from core.status import TERMINAL
@@ -187,3 +189,71 @@ def terminal_delivery(row: Experiment) -> WebhookDelivery | None:
         diagnosis=row.diagnosis,
         error=row.error,
     )
+
+
+# Loop events that a spec's notify.events may subscribe to: event kind -> webhook event.
+NOTIFIED_EVENTS = {"nonfinite": "nan", "exploding": "exploding", "vanishing": "vanishing"}
+
+
+def _json_safe(value: Any) -> Any:
+    from core.lifecycle import json_safe  # lifecycle imports this module
+
+    return json_safe(value)
+
+
+def add_running_deliveries(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    events: list[dict[str, Any]],
+    spec: dict[str, Any],
+    notified: set[str] | None = None,
+) -> set[str]:
+    """The running webhooks (`nan`, `exploding`, `vanishing`) a flushed batch's `events`
+    trigger, for a worker's run and an external one alike. One delivery per subscribed event
+    per attempt: `nan` with skip_step may fire every step,
+    and a receiver wants to hear it once. Returns the events this attempt now has a delivery
+    for (among this batch's). Only the attempt's own writer gets here (write_batch's guarded
+    update comes first, and one attempt has one writer), so two writers cannot race on a
+    delivery; the unique index on (experiment_id, attempt, event) would refuse a second."""
+    firsts: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        event = NOTIFIED_EVENTS.get(ev["kind"])
+        if (
+            event is not None
+            and event not in firsts
+            and event not in (notified or ())
+            and subscribed(spec, event)
+        ):
+            firsts[event] = ev
+    if not firsts:
+        return set()
+    sent = set(
+        session.scalars(
+            select(WebhookDelivery.event).where(
+                WebhookDelivery.experiment_id == experiment_id,
+                WebhookDelivery.attempt == attempt,
+                WebhookDelivery.event.in_(list(firsts)),
+            )
+        )
+    )
+    if set(firsts) <= sent:
+        return sent
+    row = session.get(Experiment, experiment_id)
+    assert row is not None
+    for event, ev in firsts.items():
+        if event not in sent:
+            url = subscribed(spec, event)
+            assert url is not None
+            session.add(
+                delivery(
+                    row,
+                    attempt,
+                    event,
+                    url,
+                    step=ev["step"],
+                    detail=_json_safe(ev["detail"]),
+                    occurred_at=utcnow().isoformat(),
+                )
+            )
+    return set(firsts)

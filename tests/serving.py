@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def uvicorn(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Serves api.main:app with `env` added; yields the base URL once /healthz answers."""
-    port = free_port()
-    with log_path.open("w") as log:
+def uvicorn(env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[str]:
+    """Serves api.main:app with `env` added; yields the base URL once /healthz answers.
+    `port`: a given one (to serve again where a client was talking), else a free one."""
+    port = port or free_port()
+    with log_path.open("a") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
             + ["--port", str(port), "--no-access-log"],

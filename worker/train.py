@@ -17,12 +17,12 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from core.spec import ExperimentCreate, seq_len_of
+from gradlab.instruments.norms import scaled_norms
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from models.init import init_lstm_gate_biases
 from worker.datasets import SequenceTask, make_task
 from worker.flossing import flossing_penalty
 from worker.instruments.base import Batch, Instrument, Run, StepContext
-from worker.instruments.grad_norms import scaled_norms
 from worker.nan_origin import locate_nonfinite
 from worker.optim import lr_factor, make_optimizer, set_lr
 

@@ -1,303 +1,34 @@
-"""The total derivative dL/dh_t of one recurrent layer, every path through later time steps
-included, recovered after an ordinary backward pass through torch's fused modules.
+"""The adjoint lives in gradlab/instruments/adjoint.py, shared with `gradlab.watch`; this name
+stays for the worker's instruments that import it."""
 
-`direct` is the gradient the layer's output tensor received (`retain_grad` on it): every path
-from h_t that does not go through h_{t+1} of the same layer (the head, the layers above,
-residual connections). The total adjoint a_t solves a_t = direct_t + J_{t+1}^T a_{t+1}
-backwards in time, with J_{t+1} = dh_{t+1}/dh_t. For rnn, lstm and gru the products
-J^T a have closed forms evaluated from the stored inputs and hidden states (the gates
-recomputed by batched matmuls over blocks of time steps, then one (B, G*H) x (G*H, H) matmul
-per time step, no autograd); other layers that expose `step(x_t, state) -> state` go through
-a generic unrolled autograd recompute (`unrolled`), also kept for the known cells to measure
-against (bench/temporal_routes.py).
-"""
+from gradlab.instruments.adjoint import (
+    CHUNK,
+    Gates,
+    LayerWeights,
+    _gates,
+    _lstm_coef,
+    activation_derivative,
+    cell_step,
+    gates,
+    hidden_adjoint,
+    input_gradient,
+    layer_kind,
+    shifted,
+    unrolled,
+)
 
-from __future__ import annotations
-
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-
-from models.cells import ElmanLayer
-
-Step = Callable[[Tensor, object], object]
-
-
-@dataclass
-class Gates:
-    """Post-activation gates of a gated layer, all time steps at once."""
-
-    names: tuple[str, ...]
-    values: Tensor  # (T, B, G, H) in the weight's gate order
-    cell: Tensor | None = None  # lstm only: c_t, (T, B, H)
-    hh_n: Tensor | None = None  # gru only: W_hn h_{t-1} + b_hn, (T, B, H)
-
-
-def layer_kind(layer: nn.Module) -> str | None:
-    """'rnn:<activation>', 'lstm', 'gru', 'step' (generic) or None (unsupported)."""
-    if isinstance(layer, nn.RNNBase):
-        plain = (
-            layer.num_layers == 1
-            and not layer.bidirectional
-            and not layer.batch_first
-            and layer.bias
-            and getattr(layer, "proj_size", 0) == 0
-        )
-        if plain and isinstance(layer, nn.LSTM):
-            return "lstm"
-        if plain and isinstance(layer, nn.GRU):
-            return "gru"
-        if plain and isinstance(layer, nn.RNN):
-            return f"rnn:{layer.nonlinearity}"
-    elif isinstance(layer, ElmanLayer):
-        return f"rnn:{layer.activation}"
-    return "step" if callable(getattr(layer, "step", None)) else None
-
-
-CHUNK = 16  # time steps per block: keeps each block's (L, B, G, H) gate tensors in cache
-
-
-def shifted(h: Tensor) -> Tensor:
-    """h_{t-1} for every t, with the zero initial state: (T, B, H)."""
-    return torch.cat([torch.zeros_like(h[:1]), h[:-1]])
-
-
-def _pre(
-    layer: nn.Module,
-    x: Tensor,
-    h: Tensor,
-    s: int = 0,
-    e: int | None = None,
-    out: Tensor | None = None,
-) -> Tensor:
-    """Pre-activations W_ih x_t + b_ih + W_hh h_{t-1} + b_hh for s <= t < e: (L, B, G*H),
-    written into `out` when given (a contiguous (L, B, ...) block)."""
-    e = h.shape[0] if e is None else e
-    w_ih, w_hh = layer.weight_ih_l0, layer.weight_hh_l0
-    flat = (
-        x.new_empty((e - s) * x.shape[1], w_ih.shape[0])
-        if out is None
-        else out.view(-1, w_ih.shape[0])
-    )
-    torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x[s:e].flatten(0, 1), w_ih.t(), out=flat)
-    lo = max(s, 1)  # h_{-1} = 0: step 0 has only the input part
-    if e > lo:
-        flat[(lo - s) * x.shape[1] :].addmm_(h[lo - 1 : e - 1].flatten(0, 1), w_hh.t())
-    return flat.view(e - s, x.shape[1], -1)
-
-
-# Gates recomputed for an output tensor, while it lives: the temporal profile and the
-# saturation instrument both need them at the same step, and recomputing costs a GEMM.
-_gate_cache: dict[int, tuple[int, Gates]] = {}
-
-
-def gates(layer: nn.Module, x: Tensor, h: Tensor) -> Gates:
-    """An lstm's or gru's gates for its input x (T, B, I) and outputs h (T, B, H), computed
-    once per h: the entry goes when h is freed (or changed in place)."""
-    key = id(h)
-    hit = _gate_cache.get(key)
-    if hit is not None and hit[0] == h._version:
-        return hit[1]
-    g = _gates(layer, x, h)
-    if not _gate_cache.get(key):
-        weakref.finalize(h, _gate_cache.pop, key, None)
-    _gate_cache[key] = (h._version, g)
-    return g
-
-
-@torch.no_grad()
-def _gates(layer: nn.Module, x: Tensor, h: Tensor) -> Gates:
-    """Recompute the gates block by block in time: at long T, passes over the whole
-    (T, B, G, H) are the cost."""
-    t_len, b, n = h.shape
-    lstm = isinstance(layer, nn.LSTM)
-    v = h.new_empty(t_len, b, 4 if lstm else 3, n)
-    extra = torch.empty_like(h)  # lstm: c_t; gru: W_hn h_{t-1} + b_hn
-    prev = torch.zeros_like(h[0])
-    for s in range(0, t_len, CHUNK):
-        e = min(s + CHUNK, t_len)
-        vc = v[s:e]  # (L, B, G, H)
-        if lstm:
-            _pre(layer, x, h, s, e, out=vc)
-            vc[:, :, :2].sigmoid_()
-            vc[:, :, 2].tanh_()
-            vc[:, :, 3].sigmoid_()
-            ig = vc[:, :, 0] * vc[:, :, 2]  # (L, B, H)
-            for k in range(e - s):  # a linear recurrence; a cumprod form would lose precision
-                prev = torch.addcmul(ig[k], vc[k, :, 1], prev, out=extra[s + k])
-            continue
-        # GRU: n needs its recurrent pre-activation apart (inside r * (...)).
-        vc.copy_(F.linear(x[s:e], layer.weight_ih_l0, layer.bias_ih_l0).view(e - s, b, 3, n))
-        hp = h[s - 1 : e - 1] if s > 0 else shifted(h[:e])
-        hh = F.linear(hp, layer.weight_hh_l0, layer.bias_hh_l0).view(e - s, b, 3, n)
-        vc[:, :, :2].add_(hh[:, :, :2]).sigmoid_()
-        extra[s:e] = hh[:, :, 2]
-        vc[:, :, 2].addcmul_(vc[:, :, 0], hh[:, :, 2]).tanh_()
-    if lstm:
-        return Gates(("i", "f", "g", "o"), v, cell=extra)
-    return Gates(("r", "z", "n"), v, hh_n=extra)
-
-
-def activation_derivative(act: str, layer: nn.Module, x: Tensor, h: Tensor) -> Tensor:
-    """f'(z_t) for every t, (T, B, H). From h where autograd itself uses the result (so both
-    round alike); from z (recomputed) for elu, whose backward uses its input."""
-    if act == "tanh":
-        return 1 - h * h
-    if act == "sigmoid":
-        return h * (1 - h)
-    if act == "relu":
-        return (h > 0).to(h.dtype)
-    if act == "leaky_relu":
-        # In the run's dtype from the start: a python-float where() is float32, and 0.01 cast
-        # up from float32 is 0.0099999998 in a float64 run.
-        return torch.where(h > 0, torch.ones_like(h), torch.full_like(h, 0.01))
-    if act == "linear":
-        return torch.ones_like(h)
-    if act == "elu":
-        z = _pre(layer, x, h)
-        return torch.where(z > 0, torch.ones_like(z), torch.exp(z))
-    raise ValueError(f"no closed form for activation {act!r}")
-
-
-def _rnn(w_hh: Tensor, dfdz: Tensor, direct: Tensor) -> Tensor:
-    a = direct.clone()  # (T, B, H); accumulated in place: addmm's out= would copy first
-    delta = torch.empty_like(direct[0])
-    for t in range(direct.shape[0] - 1, 0, -1):
-        torch.mul(a[t], dfdz[t], out=delta)
-        a[t - 1].addmm_(delta, w_hh)  # direct + W_hh^T (f' * a)
-    return a
-
-
-def _lstm_coef(v: Tensor, c: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    """For a block of steps: d(pre-activations)/d(a^c for i, f, g; a^h for o) (L, B, 4, H),
-    and dh_t/dc_t (L, B, H)."""
-    i, _, g, o = v.unbind(2)
-    tc = torch.tanh(c)
-    coef = torch.addcmul(v, v, v, value=-1)  # sigma' for every gate; g's slot rewritten below
-    torch.addcmul(torch.ones_like(g), g, g, value=-1, out=coef[:, :, 2])
-    coef[:, :, 0].mul_(g)
-    coef[:, :, 1].mul_(c_prev)
-    coef[:, :, 2].mul_(i)
-    coef[:, :, 3].mul_(tc)
-    return coef, o - o * tc * tc
-
-
-def _lstm(w_hh: Tensor, g: Gates, direct: Tensor, cell_out: Tensor | None = None) -> Tensor:
-    """dL/dh_t; the total dL/dc_t is written into `cell_out` (T, B, H) when given."""
-    v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
-    assert c is not None
-    t_len, b, n = direct.shape
-    a = direct.clone()
-    carry = torch.zeros_like(direct[0])  # dL/dc_{t+1} * f_{t+1}: the path along the cell
-    dz = direct.new_empty(b, 4, n)
-    for e in range(t_len, 0, -CHUNK):
-        s = max(e - CHUNK, 0)
-        c_prev = c[s - 1 : e - 1] if s > 0 else shifted(c[:e])
-        coef, keep = _lstm_coef(v[s:e], c[s:e], c_prev)
-        for t in range(e - 1, s - 1, -1):
-            k = t - s
-            ac = torch.addcmul(carry, a[t], keep[k])  # total dL/dc_t, (B, H)
-            if cell_out is not None:
-                cell_out[t] = ac
-            torch.mul(coef[k, :, :3], ac.unsqueeze(1), out=dz[:, :3])
-            torch.mul(coef[k, :, 3], a[t], out=dz[:, 3])
-            if t > 0:
-                a[t - 1].addmm_(dz.view(b, 4 * n), w_hh)
-            carry = ac * v[t, :, 1]
-    return a
-
-
-def _gru(w_hh: Tensor, g: Gates, h: Tensor, direct: Tensor) -> Tensor:
-    t_len, b, n = direct.shape
-    a = direct.clone()
-    dz = direct.new_empty(b, 3, n)
-    for e in range(t_len, 0, -CHUNK):
-        s = max(e - CHUNK, 0)
-        r, z, n_ = g.values[s:e].unbind(2)
-        h_prev = h[s - 1 : e - 1] if s > 0 else shifted(h[:e])
-        coef = torch.empty_like(g.values[s:e])  # (L, B, 3, H): d pre-activation / d a_t
-        dn = torch.mul(1 - z, 1 - n_ * n_, out=coef[:, :, 2])  # dh_t/d(n's pre-activation)
-        torch.mul(dn * g.hh_n[s:e], r - r * r, out=coef[:, :, 0])
-        torch.mul(h_prev - n_, z - z * z, out=coef[:, :, 1])
-        dn.mul_(r)
-        for t in range(e - 1, max(s, 1) - 1, -1):
-            torch.mul(a[t].unsqueeze(1), coef[t - s], out=dz)
-            a[t - 1].addcmul_(a[t], z[t - s])  # the z * h_{t-1} path
-            a[t - 1].addmm_(dz.view(b, 3 * n), w_hh)
-    return a
-
-
-def unrolled(step: Step, x: Tensor, direct: Tensor) -> Tensor:
-    """Generic route: recompute the layer step by step under autograd and take the gradient
-    of sum_t <direct_t, h_t> w.r.t. every h_t node: the same recursion, so the same totals."""
-    with torch.enable_grad():
-        state: object = None
-        hs: list[Tensor] = []
-        for t in range(x.shape[0]):
-            state = step(x[t], state)
-            hs.append(state if isinstance(state, Tensor) else state[0])  # type: ignore[index]
-        surrogate = sum((h * d).sum() for h, d in zip(hs, direct.unbind(0), strict=True))
-        grads = torch.autograd.grad(surrogate, hs, allow_unused=True)
-    pairs = zip(grads, direct, strict=True)
-    return torch.stack([torch.zeros_like(d) if g is None else g for g, d in pairs])
-
-
-def cell_step(layer: nn.Module, kind: str) -> Step:
-    """A step function for the known layers, from torch's own cell kernels: the unrolled
-    alternative to the closed forms (kept to measure against and to test with)."""
-    w = (layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0)
-    if kind == "lstm":
-
-        def lstm(x: Tensor, s: object) -> object:
-            if s is None:
-                z = x.new_zeros(x.shape[0], layer.hidden_size)
-                s = (z, z)
-            return torch._VF.lstm_cell(x, s, *w)
-
-        return lstm
-    if kind == "gru":
-        return lambda x, s: torch._VF.gru_cell(x, _zero(x, layer) if s is None else s, *w)
-    act = kind.split(":", 1)[1]
-    if isinstance(layer, ElmanLayer):
-        return lambda x, s: layer.act(
-            F.linear(x, w[0], w[2]) + F.linear(_zero(x, layer) if s is None else s, w[1], w[3])
-        )
-    cell = torch._VF.rnn_tanh_cell if act == "tanh" else torch._VF.rnn_relu_cell
-    return lambda x, s: cell(x, _zero(x, layer) if s is None else s, *w)
-
-
-def _zero(x: Tensor, layer: nn.Module) -> Tensor:
-    return x.new_zeros(x.shape[0], layer.hidden_size)
-
-
-def hidden_adjoint(
-    layer: nn.Module,
-    x: Tensor,
-    h: Tensor,
-    direct: Tensor,
-    method: str = "closed",
-    cell_out: Tensor | None = None,
-) -> Tensor | None:
-    """dL/dh_t for every t, (T, B, H); None for a layer with no known route.
-
-    x: the layer's input (T, B, I); h: its outputs (T, B, H); direct: h's own gradient.
-    cell_out (lstm, closed form): filled with the total dL/dc_t, (T, B, H)."""
-    kind = layer_kind(layer)
-    if kind is None:
-        return None
-    if kind == "step":
-        return unrolled(layer.step, x.detach(), direct.detach())
-    if method == "unrolled":
-        return unrolled(cell_step(layer, kind), x.detach(), direct.detach())
-    with torch.no_grad():
-        w_hh = layer.weight_hh_l0.detach()
-        if kind == "lstm":
-            return _lstm(w_hh, gates(layer, x, h), direct, cell_out)
-        if kind == "gru":
-            return _gru(w_hh, gates(layer, x, h), h, direct)
-        dfdz = activation_derivative(kind.split(":", 1)[1], layer, x, h)
-        return _rnn(w_hh, dfdz, direct)
+__all__ = [
+    "CHUNK",
+    "Gates",
+    "LayerWeights",
+    "_gates",
+    "_lstm_coef",
+    "activation_derivative",
+    "cell_step",
+    "gates",
+    "hidden_adjoint",
+    "input_gradient",
+    "layer_kind",
+    "shifted",
+    "unrolled",
+]

@@ -8,27 +8,13 @@ reported (in float64, even above float32's largest value) and clip-by-norm can a
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from gradlab.instruments.norms import scaled_norms
 from worker.instruments.base import Instrument, Run, StepContext
-
-
-def scaled_norms(grads: list[Tensor]) -> tuple[Tensor, list[Tensor]] | None:
-    """(global norm, per-tensor norms), float64, from gradients scaled by their largest entry;
-    None when some entry is itself NaN or Inf (a real non-finite gradient, not an overflow)."""
-    if not grads:
-        return None
-    peak = torch.stack(torch._foreach_norm(grads, math.inf)).max().double()
-    if not torch.isfinite(peak) or peak == 0:
-        return None
-    scale = peak.to(grads[0].dtype)
-    per = [n.double() * peak for n in torch._foreach_norm(torch._foreach_div(grads, scale))]
-    return torch.stack(per).norm(), per
 
 
 class GradNorms(Instrument):

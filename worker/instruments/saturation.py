@@ -10,65 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from worker.instruments.adjoint import gates, layer_kind
+from gradlab.instruments.saturation import layer_saturation
 from worker.instruments.base import Instrument, Run, StepContext
-
-TANH_BOUND = 0.99  # |tanh| beyond this: derivative below 0.02
-SIGMOID_MARGIN = 0.01  # sigmoid within this of 0 or 1: derivative below ~0.01
-
-
-def _fraction(mask: Tensor) -> Tensor:
-    # count_nonzero: an exact count, and far faster on CPU than sum/mean over a bool tensor
-    return torch.count_nonzero(mask).double() / mask.numel()
-
-
-def tanh_saturated(v: Tensor) -> Tensor:
-    return _fraction(v.abs() > TANH_BOUND)
-
-
-def sigmoid_saturated(v: Tensor) -> Tensor:
-    return _fraction((v - 0.5).abs_() > 0.5 - SIGMOID_MARGIN)
-
-
-def dead_relu(h: Tensor) -> Tensor:
-    # h: (T, B, H) -> fraction of the H units zero everywhere
-    return _fraction((h == 0).flatten(0, 1).all(dim=0))
-
-
-def gate_saturation(names: tuple[str, ...], v: Tensor, chunk: int = 32) -> dict[str, Tensor]:
-    """v: (T, B, G, H) post-activation gates; slot 2 is the tanh one (lstm g, gru n), the
-    others sigmoids. Block by block in time: whole-tensor passes at long T are memory-bound."""
-    counts = torch.zeros(v.shape[2], dtype=torch.int64, device=v.device)
-    for s in range(0, v.shape[0], chunk):
-        c = v[s : s + chunk]  # (L, B, G, H), contiguous
-        sig = (c - 0.5).abs_() > 0.5 - SIGMOID_MARGIN
-        per_gate = [torch.count_nonzero(sig[:, :, k]) for k in range(v.shape[2])]
-        per_gate[2] = torch.count_nonzero(c[:, :, 2].abs() > TANH_BOUND)
-        counts += torch.stack(per_gate)
-    fractions = counts.double() / (v.numel() // v.shape[2])
-    return dict(zip(names, fractions.unbind(0), strict=True))
-
-
-@torch.no_grad()
-def layer_saturation(layer: nn.Module, x: Tensor, h: Tensor) -> dict[str, Tensor]:
-    """Named fractions for one layer: its input x (T, B, I), its outputs h (T, B, H)."""
-    kind = layer_kind(layer)
-    act = getattr(layer, "activation", None) if kind == "step" else None
-    if kind in ("lstm", "gru"):
-        g = gates(layer, x, h)
-        return gate_saturation(g.names, g.values)
-    act = kind.split(":", 1)[1] if kind and kind.startswith("rnn:") else act
-    h = h.detach()
-    if act == "tanh":
-        return {"tanh": tanh_saturated(h)}
-    if act == "sigmoid":
-        return {"sigmoid": sigmoid_saturated(h)}
-    if act == "relu":
-        return {"dead_relu": dead_relu(h)}
-    return {}
 
 
 class Saturation(Instrument):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from gradlab.instruments.norms import update_ratios
 from worker.instruments.base import Instrument, Run, StepContext
 
 
@@ -32,12 +32,8 @@ class UpdateRatio(Instrument):
         before, self.before = self.before, None
         if ctx.skipped:
             return
-        with torch.no_grad():
-            delta = torch._foreach_norm(torch._foreach_sub(self.params, before))
-            old = torch._foreach_norm(before)
-            new = torch._foreach_norm(self.params)
-        for name, d, o, w in zip(self.names, delta, old, new, strict=True):
-            ratio = d / o
+        ratios, new = update_ratios(self.params, before)
+        for name, ratio, w in zip(self.names, ratios, new, strict=True):
             run.recorder.record(f"update_ratio/{name}", ctx.step, ratio)
             run.recorder.record(f"weight_norm/{name}", ctx.step, w)
             self.last[name] = ratio

@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from gradlab.instruments.saturation import dead_relu, layer_saturation
 from models.cells import ElmanLayer
 from tests.factories import make_spec
-from worker.instruments.saturation import Saturation, dead_relu, layer_saturation
+from worker.instruments.saturation import Saturation
 from worker.train import train
 
 

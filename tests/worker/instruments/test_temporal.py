@@ -1,5 +1,5 @@
 """The fast temporal profile against an unrolled autograd reference written out by hand here
-(independent of worker/instruments/adjoint.py), and the exact linear-RNN check."""
+(independent of gradlab/instruments/adjoint.py), and the exact linear-RNN check."""
 
 import math
 
@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core.spec import ExperimentCreate
+from gradlab.instruments.adjoint import hidden_adjoint
 from models import RecurrentNet, init_recurrent_net
-from worker.instruments.adjoint import hidden_adjoint
 from worker.instruments.temporal import TemporalProfile, profiles, retain
 from worker.train import train
 
@@ -222,7 +222,7 @@ def test_window_keeps_the_last_five_finite_profiles_oldest_first() -> None:
 
 
 def test_leaky_relu_slope_is_exact_in_float64() -> None:
-    from worker.instruments.adjoint import activation_derivative
+    from gradlab.instruments.adjoint import activation_derivative
 
     h = torch.tensor([[[-1.0, 2.0]]], dtype=torch.float64)
     d = activation_derivative("leaky_relu", nn.Identity(), h, h)
