@@ -117,8 +117,16 @@ class ExternalBatch(Base):
 
 # What an event's `kind` may be: a non-finite loss or gradient (with its origin), a gradient
 # norm that overflowed float32 though every entry was finite, a halt, the running alarms for
-# webhooks, and a worker that stopped beating.
-EVENT_KINDS = ("nonfinite", "norm_overflow", "halt", "exploding", "vanishing", "worker_lost")
+# webhooks, a worker that stopped beating, and an external run's client that did.
+EVENT_KINDS = (
+    "nonfinite",
+    "norm_overflow",
+    "halt",
+    "exploding",
+    "vanishing",
+    "worker_lost",
+    "client_lost",
+)
 
 
 class Event(Base):
