@@ -168,6 +168,49 @@ def decode_series(i: int, s: SeriesUpload) -> tuple[list[int], bytes, bytes]:
     return steps.tolist(), steps_raw, values_raw
 
 
+# Summary keys that hold one number (or null, or "nan"/"inf"/"-inf" as the service stores
+# non-finite values): a client that sends anything else there gets a 422 naming the key.
+NUMERIC_SUMMARY_KEYS = (
+    "final_loss",
+    "final_val_loss",
+    "best_val_loss",
+    "baseline_loss",
+    "baseline_loss_val",
+    "accuracy",
+    "max_grad_norm",
+    "grad_norm_median",
+    "clip_fraction",
+    "steps_per_second",
+    "nan_events",
+    "norm_overflow_events",
+    "beat_baseline_at_step",
+    "solved_at_step",
+    "halted_at_step",
+)
+MAPPING_SUMMARY_KEYS = ("temporal_profile", "spectrum", "first_nonfinite", "lyapunov", "credit")
+
+
+def check_summary(summary: dict[str, Any]) -> None:
+    """422 naming the key when a client's summary holds what the diagnosis cannot read: a
+    number that is not one, or a group that is not an object."""
+    for key in NUMERIC_SUMMARY_KEYS:
+        value = summary.get(key)
+        if value is None or value in ("nan", "inf", "-inf"):
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            reason = f'summary.{key} must be a number (or null, or "nan"/"inf")'
+            raise invalid_field(reason, f"summary.{key}", "not a number", "type")
+    for key in MAPPING_SUMMARY_KEYS:
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            reason = f"summary.{key} must be an object"
+            raise invalid_field(reason, f"summary.{key}", "not an object", "type")
+    for layer, blocks in (summary.get("spectrum") or {}).items():
+        for block, values in (blocks if isinstance(blocks, dict) else {"": blocks}).items():
+            if not isinstance(values, dict):
+                where = f"summary.spectrum.{layer}.{block}".rstrip(".")
+                raise invalid_field(f"{where} must be an object", where, "not an object", "type")
+
+
 def with_evidence(summary: dict[str, Any]) -> dict[str, Any]:
     """The client sends its temporal profiles raw (`temporal_profile.first|last.layers`, and
     each `window` entry's `layers` and `cell_layers`: one list of T floats per layer); the

@@ -20,6 +20,7 @@ from core.external import (
     BatchUpload,
     ExternalFinish,
     ExternalRunCreate,
+    check_summary,
     decode_series,
     external_spec,
     with_evidence,
@@ -154,6 +155,7 @@ def finish_external(
         if row.status == body.status:
             return FastJSON(experiment_view(row))
         raise _not_running(row)
+    check_summary(body.summary)
     summary = with_evidence(body.summary)
     try:
         diagnosis = diagnose(summary, row.spec, body.status)

@@ -163,7 +163,10 @@ def finished_run(client) -> dict:
         "temporal_profile": {
             "first": {"step": 0, "layers": [vanishing_profile(), [1.0] * 20]},
             "last": {"step": 10, "layers": [vanishing_profile(), [1.0] * 20]},
-            "window": [{"step": 10, "layers": [vanishing_profile()], "cell_layers": [[1.0] * 20]}],
+            # an LSTM's cell path as the client sends it: raw, turned into evidence on finish
+            "window": [
+                {"step": 10, "layers": [vanishing_profile()], "cell_layers": [vanishing_profile()]}
+            ],
         },
     }
     resp = client.post(f"/v1/experiments/{run['id']}/finish", json={"summary": summary, "step": 11})
@@ -181,7 +184,7 @@ def test_finish_diagnoses_the_clients_summary(client) -> None:
     assert ev["log_rate_per_step"] == pytest.approx(np.log(0.5), rel=1e-12)
     assert ev["profile_step"] == 10 and ev["seq_len"] == 20
     window = done["summary"]["temporal_profile"]["window"][0]
-    assert window["cell_layers"][0]["ratio_first_last"] == 1.0
+    assert window["cell_layers"][0]["ratio_first_last"] == pytest.approx(0.5**19, rel=1e-12)
     # finishing again with the same status is harmless; another status is a conflict
     again = client.post(f"/v1/experiments/{done['id']}/finish", json={})
     assert again.status_code == 200 and again.json()["diagnosis"] == diagnosis
@@ -309,11 +312,16 @@ def test_nonfinite_numbers_from_a_client_are_stored_as_words(client) -> None:
 
 
 @pytest.mark.parametrize(
-    "summary",
-    [{"max_grad_norm": "big"}, {"temporal_profile": [1, 2]}, {"spectrum": {"0": {"f": 3}}}],
+    ("summary", "field"),
+    [
+        ({"max_grad_norm": "big"}, "summary.max_grad_norm"),
+        ({"nan_events": True}, "summary.nan_events"),
+        ({"temporal_profile": [1, 2]}, "summary.temporal_profile"),
+        ({"spectrum": {"0": {"f": 3}}}, "summary.spectrum.0.f"),
+    ],
 )
-def test_a_summary_the_diagnosis_cannot_read_is_a_422(client, summary) -> None:
+def test_a_summary_the_diagnosis_cannot_read_is_a_422(client, summary, field) -> None:
     run = create(client)
     resp = client.post(f"/v1/experiments/{run['id']}/finish", json={"summary": summary})
-    assert_problem(resp, 422, "summary")
+    assert_problem(resp, 422, field)
     assert client.get(f"/v1/experiments/{run['id']}").json()["status"] == "running"
