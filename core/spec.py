@@ -249,6 +249,20 @@ class ExperimentCreate(Strict):
         return data
 
 
+MAX_NOTE_LEN = 10_000
+
+
+class ExperimentUpdate(Strict):
+    """PATCH /v1/experiments/{id}: what a user may change after submitting; a field left out
+    stays as it is, `null` clears the name or the note."""
+
+    name: str | None = Field(None, max_length=200)
+    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(
+        None, max_length=20, description="the whole list: it replaces the tags"
+    )
+    note: str | None = Field(None, max_length=MAX_NOTE_LEN, description="free text")
+
+
 def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
     """Length of the input sequence the network reads."""
     if task.name == "adding":
