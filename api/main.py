@@ -3,9 +3,12 @@
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api import observability, problems
+from api.render.ui import STATIC_DIR
 from api.routes import (
+    docs,
     experiments,
     export,
     health,
@@ -15,6 +18,7 @@ from api.routes import (
     stream,
     sweeps,
     traces,
+    ui,
 )
 from core import logs
 from core.spec import ExperimentCreate
@@ -62,6 +66,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Train recurrent networks and measure whether their gradients vanish, "
         "explode or flow through time.",
+        docs_url=None,  # served from local assets by api/routes/docs.py
+        redoc_url=None,
     )
     problems.install(app)
     logs.configure_logging()
@@ -76,6 +82,9 @@ def create_app() -> FastAPI:
     app.include_router(reports.router)
     app.include_router(export.router)
     app.include_router(stream.router)
+    app.include_router(ui.router)
+    app.include_router(docs.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_spec_and_security(app)
     return app
 

@@ -1,25 +1,25 @@
 """Report pages: GET /v1/experiments/{id}/report and /v1/sweeps/{id}/report, plain HTML.
 
-The plots are embedded in the page as data: URIs (api/render/report.py), so the report URL is the
-only one that needs a credential. A browser cannot send a Bearer header from the address bar,
-so these two routes (and only these) also take the key as `?key=`; the Authorization header
-wins when both are there. A key in a URL can land in browser history and proxy logs: prefer
-`gradlab report ID --out report.html` (the header, then a local file) where that matters."""
+The plots are embedded in the page as data: URIs (api/render/report.py), so the page is one
+file that can be saved or mailed. In a browser, sign in at /ui/signin (a session cookie); from
+a script, send the bearer header (`gradlab report ID --out report.html`). A key in the URL
+(`?key=`) is refused: it lands in browser history, proxy logs and Referer headers."""
 
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
+from api.auth import UNAUTHORIZED
 from api.deps import SessionDep, current_owner
 from api.figures import experiment_figure, overlay
 from api.render import plots
 from api.render.report import HEADERS, experiment_page, sweep_page
 from api.serializers import experiment_view, sweep_view
+from core.errors import Problem
 from core.owned import get_experiment, get_sweep, sweep_experiments
 from core.tables import Event, as_utc
 
@@ -30,20 +30,20 @@ HTML_RESPONSES = {200: {"description": "the report", "content": {"text/html": {}
 
 async def report_owner(
     request: Request,
-    key: Annotated[
-        str | None,
-        Query(max_length=200, description="the API key, for a browser (header preferred)"),
-    ] = None,
+    key: Annotated[str | None, Query(max_length=200, include_in_schema=False)] = None,
 ) -> str:
-    """`Owner`, with the key also accepted as `?key=`: the same checks (cache, revocation,
-    rate limit) run on it, as if it had come in the Authorization header."""
-    if key and not request.headers.get("authorization", "").strip():
-        scope = dict(request.scope)
-        scope["headers"] = [
-            *((k, v) for k, v in request.scope["headers"] if k.lower() != b"authorization"),
-            (b"authorization", f"Bearer {key}".encode()),
-        ]
-        return await current_owner(Request(scope))
+    """`Owner` (the bearer header, or the browser's session cookie after signing in at
+    /ui/signin). A key in the URL is refused, whatever else comes with it: it would land in
+    browser history, proxy logs and Referer headers."""
+    if key is not None:
+        raise Problem(
+            401,
+            "Unauthorized",
+            "a key in the URL (?key=) is not accepted: sign in at /ui/signin and open the "
+            "report from the browser, or save it with `gradlab report ID --out report.html`",
+            "key-in-url",
+            headers=UNAUTHORIZED,
+        )
     return await current_owner(request)
 
 
@@ -79,12 +79,7 @@ def experiment_report(owner: ReportOwner, experiment_id: str, session: SessionDe
 
 
 @router.get("/sweeps/{sweep_id}/report", response_class=HTMLResponse, responses=HTML_RESPONSES)
-def sweep_report(
-    owner: ReportOwner,
-    sweep_id: str,
-    session: SessionDep,
-    key: Annotated[str | None, Query(max_length=200, include_in_schema=False)] = None,
-) -> HTMLResponse:
+def sweep_report(owner: ReportOwner, sweep_id: str, session: SessionDep) -> HTMLResponse:
     """One self-contained HTML page: validation and training loss of every run overlaid (one
     colour a grid point), the points ranked with their statistics, each factor's effect, and
     links to every experiment's report."""
@@ -96,9 +91,8 @@ def sweep_report(
         )
         for q in ("val_loss", "loss", "grad_norm")
     }
-    suffix = f"?key={quote(key)}" if key else ""  # the page was opened with ?key=: keep it
 
     def link(experiment_id: str) -> str:
-        return f"/v1/experiments/{experiment_id}/report{suffix}"
+        return f"/v1/experiments/{experiment_id}/report"
 
     return _html(sweep_page(sweep_view(sweep, rows), images, link))
