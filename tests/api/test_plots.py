@@ -164,6 +164,10 @@ def test_experiment_report_page(client, finished: str) -> None:
     exp = client.get(f"/v1/experiments/{finished}").json()
     assert f">{exp['diagnosis']['verdict']}</span>" in html
     assert "ratio_first_last" in html and "baseline_loss" in html
+    # the key numbers lead their tables; nested evidence is dotted rows, not raw JSON
+    assert html.index("<th>ratio_first_last</th>") < html.index("<th>seq_len</th>")
+    assert html.index("<th>final_val_loss</th>") < html.index("<th>device</th>")
+    assert "<th>spectrum.sigma_max</th>" in html
     # the page's own script is the only one, and the CSP pins it by hash
     from api.render.report import SCRIPT_HASH
 
@@ -199,6 +203,13 @@ def test_sweep_report_page(client) -> None:
     for exp_id in ids:
         assert f'href="/v1/experiments/{exp_id}/report"' in html
     assert "model.cell -&gt;" in html  # the factor's effect line
+    # the key numbers first; counts out of the finished runs, never a bare fraction; a column
+    # a factor with its plain value, not the params as JSON
+    assert html.index("id=key-numbers") < html.index("id=points") < html.index("<img")
+    assert "<b>2 of 2</b> runs finished" in html and "<th>model.cell</th>" in html
+    points = html[html.index("id=points") : html.index("</table>", html.index("id=points"))]
+    assert "<td>gru</td>" in points and "{" not in points
+    assert re.search(r"<td>[01] of 1</td><td>0 of 1</td>", points), points
     key = client.headers["Authorization"].removeprefix("Bearer ")
     assert_problem(bare(client).get(f"/v1/sweeps/{sweep['id']}/report?key={key}"), 401)
     assert_problem(client.get("/v1/sweeps/missing/report"), 404)
