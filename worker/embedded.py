@@ -71,7 +71,7 @@ def where_to_go(port: int, key_file: str) -> str:
             f"  web UI    {url}/   sign in with the key in {key_file}",
             f"  API docs  {url}/docs",
             f"  CLI       .venv/bin/gradlab --help   (reads {key_file} from this folder)",
-            f"  curl      curl -H \"Authorization: Bearer $(cat {key_file})\" {url}/v1/experiments",
+            f'  curl      curl -H "Authorization: Bearer $(cat {key_file})" {url}/v1/experiments',
         ]
     )
 
