@@ -60,6 +60,12 @@ def ui_root() -> Response:
     return RedirectResponse("/", status_code=307)
 
 
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for it on every page without an icon (the report pages): no icon, no 404."""
+    return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
+
+
 @router.get("/ui/runs/{experiment_id}")
 def run_page(request: Request, experiment_id: str) -> Response:
     return _page(request, "run")
