@@ -262,6 +262,20 @@ class ExperimentUpdate(Strict):
     )
     note: str | None = Field(None, max_length=MAX_NOTE_LEN, description="free text")
 
+    @field_validator("name", "note")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("a NUL character cannot be stored")
+        return text
+
+    @field_validator("tags")
+    @classmethod
+    def _no_nul_tags(cls, tags: list[str] | None) -> list[str] | None:
+        if tags is not None and any("\x00" in t for t in tags):
+            raise ValueError("a NUL character cannot be stored")
+        return tags
+
 
 def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
     """Length of the input sequence the network reads."""

@@ -46,6 +46,7 @@ from core.webhooks import check_notify
 log = logging.getLogger("gradlab.api")
 Verdict = Literal["healthy", "vanishing", "exploding", "diverged", "inconclusive"]
 Cell = ModelSpec.model_fields["cell"].annotation
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold a NUL: a 422, not a 500
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 MAX_BODY_BYTES = 64 * 1024
@@ -228,7 +229,8 @@ def list_experiments(
         str | None, Query(max_length=40, pattern="^[a-z_]+$", description="task.name")
     ] = None,
     name: Annotated[
-        str | None, Query(max_length=200, description="part of the name, any case")
+        str | None,
+        Query(max_length=200, pattern=NO_NUL, description="part of the name, any case"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,

@@ -29,6 +29,8 @@ def test_patch_changes_name_tags_and_note_only(client) -> None:
     assert_problem(client.patch(url, json={"status": "succeeded"}), 422, "status")
     assert_problem(client.patch(url, json={"tags": ["x" * 51]}), 422, "tags.0")
     assert_problem(client.patch(url, json={"note": "n" * 10_001}), 422, "note")
+    assert_problem(client.patch(url, json={"note": "a\x00b"}), 422, "note")  # PostgreSQL: no NUL
+    assert_problem(client.patch(url, json={"tags": ["\x00"]}), 422, "tags")
     assert client.get(url).json()["status"] == "queued"
     assert_problem(client.patch("/v1/experiments/nope", json={"note": "x"}), 404)
 
@@ -120,6 +122,7 @@ def test_list_filters_by_verdict_cell_task_and_name(client, sessions) -> None:
     assert ids(cell="lstm", task="adding") == []
     assert_problem(client.get("/v1/experiments", params={"cell": "cnn"}), 422, "query.cell")
     assert_problem(client.get("/v1/experiments", params={"verdict": "x"}), 422, "query.verdict")
+    assert_problem(client.get("/v1/experiments", params={"name": "\x00"}), 422, "query.name")
 
 
 def test_sweeps_list_newest_first_with_counts_and_pages(client, anonymous, api_key) -> None:
