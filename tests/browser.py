@@ -146,9 +146,12 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20) -> Any:
+        """Poll until `expression` is truthy; one that throws (an element not drawn yet) is
+        false."""
         deadline = time.time() + timeout
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
         while True:
-            value = self.eval(expression)
+            value = self.eval(guarded)
             if value:
                 return value
             if time.time() > deadline:
