@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.sessions import CSRF_HEADER, SESSION_COOKIE, csrf_ok, read_session
 from core.db import get_sessionmaker
 from core.errors import Problem
 from core.keys import hash_key, owner_for_key
@@ -63,26 +64,42 @@ class KeyCache:
 key_cache = KeyCache()
 
 
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "Unauthorized", detail, "unauthorized", headers=UNAUTHORIZED)
+
+
+def session_digest(request: Request) -> str:
+    """The key digest behind the request's browser session (api/sessions.py); 401 without a
+    valid session, 403 for a write that fails the CSRF check."""
+    session = read_session(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        raise _unauthorized("the session has expired or is not valid: sign in again at /ui/signin")
+    if not csrf_ok(request, session):
+        raise Problem(
+            403,
+            "Forbidden",
+            f"a write with the session cookie needs its {CSRF_HEADER} header, from this origin",
+            "csrf",
+        )
+    return session.key_digest
+
+
 async def current_owner(request: Request) -> str:
-    """The owner of the request's key; 401 without a valid one, 429 over the rate. Async: on a
-    cache hit it does no I/O and pays no threadpool hop."""
+    """The owner of the request's key (the bearer header, else the browser session's cookie);
+    401 without a valid one, 429 over the rate. Async: on a cache hit it does no I/O and pays
+    no threadpool hop."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Problem(
-            401,
-            "Unauthorized",
-            "send Authorization: Bearer <API key>",
-            "unauthorized",
-            headers=UNAUTHORIZED,
-        )
+    if not header.strip() and SESSION_COOKIE in request.cookies:
+        digest = session_digest(request)
+    elif scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("send Authorization: Bearer <API key>, or sign in at /ui/signin")
+    else:
+        digest = hash_key(key.strip())
     s = get_settings()
-    digest = hash_key(key.strip())
     owner = key_cache.owner(digest, s.auth_cache_s)
     if owner is None:
-        raise Problem(
-            401, "Unauthorized", "unknown or revoked API key", "unauthorized", headers=UNAUTHORIZED
-        )
+        raise _unauthorized("unknown or revoked API key")
     wait = limiter.take(digest, s.rate_limit_per_s, s.rate_limit_burst)
     if wait > 0:
         raise Problem(

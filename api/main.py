@@ -3,20 +3,25 @@
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api import observability, problems
 from api.query import QueryCheckMiddleware
+from api.render.ui import STATIC_DIR
 from api.routes import (
     datasets,
+    docs,
     experiments,
     export,
     health,
     ingest,
+    manage,
     plots,
     reports,
     stream,
     sweeps,
     traces,
+    ui,
 )
 from core import logs
 from core.spec import ExperimentCreate
@@ -64,6 +69,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Train recurrent networks and measure whether their gradients vanish, "
         "explode or flow through time.",
+        docs_url=None,  # served from local assets by api/routes/docs.py
+        redoc_url=None,
     )
     problems.install(app)
     logs.configure_logging()
@@ -73,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(ingest.router)  # before experiments: POST /v1/experiments/external
     app.include_router(experiments.router)
+    app.include_router(manage.router)
     app.include_router(traces.router)
     app.include_router(sweeps.router)
     app.include_router(plots.router)
@@ -80,6 +88,9 @@ def create_app() -> FastAPI:
     app.include_router(export.router)
     app.include_router(stream.router)
     app.include_router(datasets.router)
+    app.include_router(ui.router)
+    app.include_router(docs.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_spec_and_security(app)
     return app
 

@@ -1,7 +1,9 @@
 """Query parameters that would do nothing are refused, not ignored: an unknown name (with a
 "did you mean" from the route's own parameters), or a single-valued parameter given twice (the
-framework would keep the last and drop the rest). Only requests with a query string pay for
-the check: a poll of `GET /v1/experiments/{id}` has none."""
+framework would keep the last and drop the rest). A key in the URL (`?key=`) is refused with a
+401 on every route, before anything else: it would land in browser history, proxy logs and
+Referer headers. Only requests with a query string pay for the check: a poll of
+`GET /v1/experiments/{id}` has none."""
 
 import difflib
 from collections.abc import Iterable
@@ -13,8 +15,11 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.auth import UNAUTHORIZED
 from api.problems import problem_response
 from core.errors import field_error
+
+KEY_PARAM = "key"
 
 
 def _query_params(dependant: Dependant) -> Iterable[Any]:
@@ -74,6 +79,15 @@ class QueryCheckMiddleware:
 def refused(query_string: bytes, known: dict[str, bool]) -> Any:
     """The 422 for a query that would do nothing, or None."""
     names = [k for k, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)]
+    if KEY_PARAM in names:
+        return problem_response(
+            401,
+            "Unauthorized",
+            "a key in the URL (?key=) is not accepted: send Authorization: Bearer <key>, or sign "
+            "in at /ui/signin in a browser; save a report with `gradlab report ID --out FILE`",
+            "key-in-url",
+            headers=UNAUTHORIZED,
+        )
     errors = []
     for name in dict.fromkeys(names):
         if name not in known:

@@ -21,6 +21,7 @@ class ExperimentRead(BaseModel):
     status: StatusName
     name: str | None
     tags: list[str]
+    note: str | None = None
     sweep_id: str | None = None
     sweep_params: dict[str, Any] | None = None
     source: str = "service"  # "external": fed by gradlab.watch from a user's own loop

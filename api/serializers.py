@@ -26,6 +26,7 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
         "status": row.status,
         "name": row.name,
         "tags": row.tags or [],
+        "note": row.note,
         "sweep_id": row.sweep_id,
         "sweep_params": row.sweep_params,
         "source": getattr(row, "source", None) or "service",
@@ -46,7 +47,37 @@ def experiment_view(row: Experiment) -> dict[str, Any]:
             "instruments": f"{base}/instruments",
             "cancel": f"{base}/cancel",
             "webhooks": f"{base}/webhooks",
+            "stream": f"{base}/stream",
+            "report": f"{base}/report",
+            "ui": f"/ui/runs/{row.id}",
         },
+    }
+
+
+def sweep_status(counts: dict[str, int]) -> str:
+    """`finished` when every experiment has ended, `queued` when none has started."""
+    total = sum(counts.values())
+    if sum(n for s, n in counts.items() if s in TERMINAL) == total:
+        return "finished"
+    return "queued" if counts.get("queued") == total else "running"
+
+
+def _grid_labels(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {k: [v.get("label", v) if k == "variant" else v for v in vs] for k, vs in grid.items()}
+
+
+def sweep_summary(sweep: Sweep, counts: dict[str, int]) -> dict[str, Any]:
+    """A sweep in a list: what it varies and how far it has got, without its points."""
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "preset": sweep.request.get("preset"),
+        "created_at": as_utc(sweep.created_at),
+        "status": sweep_status(counts),
+        "experiments": sum(counts.values()),
+        "counts": counts,
+        "grid": _grid_labels(sweep.request["grid"]),
+        "seeds": sweep.request["seeds"],
     }
 
 
@@ -69,12 +100,7 @@ def sweep_view(sweep: Sweep, rows: list[Experiment]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for v in views:
         counts[v["status"]] = counts.get(v["status"], 0) + 1
-    finished = sum(n for s, n in counts.items() if s in TERMINAL)
-    status = (
-        "finished"
-        if finished == len(views)
-        else ("queued" if counts.get("queued") == len(views) else "running")
-    )
+    status = sweep_status(counts)
     effect_rows = effects(ordered, grid)
     for p in ordered:
         del p["_runs"]
@@ -86,9 +112,7 @@ def sweep_view(sweep: Sweep, rows: list[Experiment]) -> dict[str, Any]:
         "status": status,
         "experiments": len(views),
         "counts": counts,
-        "grid": {
-            k: [v.get("label", v) if k == "variant" else v for v in vs] for k, vs in grid.items()
-        },
+        "grid": _grid_labels(grid),
         "seeds": sweep.request["seeds"],
         "points": ordered,
         "ranking": [p["params"] for p in sorted(ordered, key=lambda p: p["rank"])],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -33,3 +34,22 @@ def write_private(path: Path, text: str, *, replace: bool) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+class SecretError(RuntimeError):
+    """A stored secret that cannot be used."""
+
+
+def stored_secret(path: Path, min_len: int = 16) -> str:
+    """The secret kept in `path`, made on first use (racing processes agree on one: see
+    `write_private`). A file holding fewer than `min_len` characters (emptied, truncated) is
+    refused: an empty HMAC key lets anyone forge a signature."""
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32), replace=False)
+    text = path.read_text().strip()
+    if len(text) < min_len:
+        raise SecretError(
+            f"{path} holds {len(text)} characters, a secret needs at least {min_len}: "
+            "set the setting, or delete the file and a new secret is made"
+        )
+    return text

@@ -28,9 +28,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core.errors import Problem
-from core.status import ACTIVE
-from core.tables import Event, Experiment, new_id, utcnow
-from core.traces import delete_earlier_attempts
+from core.status import ACTIVE, TERMINAL
+from core.tables import Event, Experiment, WebhookDelivery, new_id, utcnow
+from core.traces import delete_earlier_attempts, delete_traces
 from core.webhooks import subscribed, terminal_delivery
 
 EXPERIMENTS = Experiment.__table__
@@ -85,6 +85,7 @@ UNSET_AT_SUBMIT = (
     "summary",
     "diagnosis",
     "error",
+    "note",
 )
 
 
@@ -232,6 +233,41 @@ def cancel_requested(session: Session, experiment_id: str) -> bool:
     return bool(
         session.scalar(select(Experiment.cancel_requested).where(Experiment.id == experiment_id))
     )
+
+
+# --- what a user changes after submitting -----------------------------------------------------
+
+EDITABLE = ("name", "tags", "note")
+
+
+def edit(session: Session, row: Experiment, changes: dict[str, Any]) -> None:
+    """Name, tags, note: any status, since no worker writes them. Commits."""
+    for column, value in changes.items():
+        if column not in EDITABLE:
+            raise ValueError(f"{column} is not editable")
+        setattr(row, column, value)
+    session.commit()
+
+
+def delete_finished(session: Session, experiment_id: str) -> bool:
+    """A finished experiment and everything stored for it (traces, events, webhook
+    deliveries), in one transaction. Guarded on a terminal status: a queued or running one is
+    left alone (False), since a worker may be writing to it. Commits."""
+    res = session.execute(
+        delete(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status.in_(sorted(TERMINAL)))
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return False
+    # PostgreSQL and SQLite (foreign_keys=ON) cascade these; deleting them by name keeps a
+    # database opened without the pragma from holding orphans.
+    delete_traces(session, experiment_id)
+    session.execute(delete(Event).where(Event.experiment_id == experiment_id))
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.experiment_id == experiment_id))
+    session.commit()
+    return True
 
 
 # --- a worker's attempt ---------------------------------------------------------------------

@@ -71,9 +71,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class NoQueryString(logging.Filter):
+    """uvicorn's access log writes the path with its query string; a query may carry a secret
+    (a key pasted into a URL), so the line keeps the path only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
+def quiet_query_strings() -> None:
+    """Install `NoQueryString` on uvicorn's access logger (whether or not uvicorn runs);
+    idempotent."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, NoQueryString) for f in access.filters):
+        access.addFilter(NoQueryString())
+
+
 def configure_logging() -> None:
     """The `gradlab` loggers write JSON lines (or text, LOG_FORMAT=text) to stderr at INFO;
-    idempotent."""
+    idempotent. uvicorn's access log, where one is on, loses its query strings."""
+    quiet_query_strings()
     logger = logging.getLogger("gradlab")
     if any(getattr(h, "_gradlab", False) for h in logger.handlers):
         return

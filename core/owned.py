@@ -1,7 +1,9 @@
 """An owner's rows by id. Another owner's id reads as missing (404), never as forbidden, so ids
 cannot be probed across tenants."""
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import Problem
@@ -35,3 +37,30 @@ def sweep_experiments(session: Session, sweep: Sweep) -> list[Experiment]:
     """The sweep's experiments in the order they were made."""
     q = select(Experiment).where(Experiment.sweep_id == sweep.id)
     return list(session.scalars(q.order_by(Experiment.created_at)))
+
+
+def owner_sweeps(
+    session: Session, owner: str, after: tuple[datetime, str] | None, limit: int
+) -> list[Sweep]:
+    """The owner's sweeps, newest first, from after the (created_at, id) of `after`; up to
+    `limit` of them."""
+    q = select(Sweep).where(Sweep.owner == owner)
+    if after is not None:
+        created, sweep_id = after
+        q = q.where(
+            or_(Sweep.created_at < created, and_(Sweep.created_at == created, Sweep.id < sweep_id))
+        )
+    return list(session.scalars(q.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit)))
+
+
+def status_counts(session: Session, sweep_ids: list[str]) -> dict[str, dict[str, int]]:
+    """sweep id -> {status: experiments}, in one grouped query."""
+    out: dict[str, dict[str, int]] = {i: {} for i in sweep_ids}
+    q = (
+        select(Experiment.sweep_id, Experiment.status, func.count())
+        .where(Experiment.sweep_id.in_(sweep_ids))
+        .group_by(Experiment.sweep_id, Experiment.status)
+    )
+    for sweep_id, status, n in session.execute(q):
+        out[sweep_id][status] = n
+    return out

@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     dataset_cache_dir: Path = DATA_DIR / "datasets"
     dataset_cache_bytes: int = Field(2 * 1024**3, ge=0)
 
+    # Browser sessions (the web UI): sign-in with a key sets a signed, expiring cookie. The
+    # secret signs it; unset, the API makes one on first use and keeps it in
+    # data/session_secret (set it when API processes on several hosts share the sessions).
+    session_secret: str | None = Field(None, min_length=16)
+    session_secret_file: Path = DATA_DIR / "session_secret"
+    session_ttl_s: float = Field(12 * 3600, gt=0, description="a session lasts this long")
+    # None: the cookie is Secure when the request came over https (or a proxy said so).
+    session_cookie_secure: bool | None = None
+
     worker_name: str | None = None
     # Threads torch may use in a worker; 1 per worker when several share a CPU.
     torch_threads: int | None = Field(None, ge=1)

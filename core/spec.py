@@ -395,6 +395,34 @@ def task_shape(task: Task, dataset: TaskShape | None = None) -> TaskShape:
     return TaskShape(seq_len_of(task), BUILTIN_FEATURES[task.name])
 
 
+MAX_NOTE_LEN = 10_000
+
+
+class ExperimentUpdate(Strict):
+    """PATCH /v1/experiments/{id}: what a user may change after submitting; a field left out
+    stays as it is, `null` clears the name or the note."""
+
+    name: str | None = Field(None, max_length=200)
+    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(
+        None, max_length=20, description="the whole list: it replaces the tags"
+    )
+    note: str | None = Field(None, max_length=MAX_NOTE_LEN, description="free text")
+
+    @field_validator("name", "note")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("a NUL character cannot be stored")
+        return text
+
+    @field_validator("tags")
+    @classmethod
+    def _no_nul_tags(cls, tags: list[str] | None) -> list[str] | None:
+        if tags is not None and any("\x00" in t for t in tags):
+            raise ValueError("a NUL character cannot be stored")
+        return tags
+
+
 def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
     """Length of the input sequence the network reads (built-in tasks)."""
     if task.name == "adding":

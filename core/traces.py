@@ -88,6 +88,13 @@ def delete_earlier_attempts(session: Session, experiment_id: str, attempt: int) 
     )
 
 
+def delete_traces(session: Session, experiment_id: str) -> int:
+    """Every stored chunk of an experiment, of every attempt (the experiment is being deleted).
+    Returns how many chunks went."""
+    res = session.execute(delete(SeriesChunk).where(SeriesChunk.experiment_id == experiment_id))
+    return res.rowcount
+
+
 def _pack(code: str, items: Sequence[int]) -> bytes:
     a = array(code, items)
     if sys.byteorder != "little":

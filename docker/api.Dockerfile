@@ -8,4 +8,4 @@ COPY core ./core
 COPY migrations ./migrations
 RUN pip install --no-cache-dir .
 EXPOSE 8000
-CMD ["sh", "-c", "uvicorn api.main:app --host 0.0.0.0 --port ${PORT:-8000} --workers ${API_WORKERS:-2}"]
+CMD ["sh", "-c", "uvicorn api.main:app --host 0.0.0.0 --port ${PORT:-8000} --workers ${API_WORKERS:-2} --no-access-log"]

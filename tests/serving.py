@@ -27,14 +27,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def uvicorn(env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[str]:
+def uvicorn(
+    env: dict[str, str], log_path: Path, port: int | None = None, access_log: bool = False
+) -> Iterator[str]:
     """Serves api.main:app with `env` added; yields the base URL once /healthz answers.
-    `port`: a given one (to serve again where a client was talking), else a free one."""
+    `port`: a given one (to serve again where a client was talking), else a free one;
+    uvicorn's own access log is off unless `access_log`."""
     port = port or free_port()
     with log_path.open("a") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
-            + ["--port", str(port), "--no-access-log"],
+            + ["--port", str(port)]
+            + ([] if access_log else ["--no-access-log"]),
             cwd=ROOT,
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             stdout=log,

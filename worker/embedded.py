@@ -61,10 +61,40 @@ def start_worker(queue: str) -> subprocess.Popen:
     return subprocess.Popen(worker_command(queue))
 
 
+def where_to_go(port: int, key_file: str) -> str:
+    """What `make run` prints once the API answers: the UI, the docs, the CLI, the key's file
+    (never the key: a terminal is often a log)."""
+    url = f"http://127.0.0.1:{port}"
+    return "\n".join(
+        [
+            f"gradlab is running on {url}  (Ctrl-C stops)",
+            f"  web UI    {url}/   sign in with the key in {key_file}",
+            f"  API docs  {url}/docs",
+            f"  CLI       .venv/bin/gradlab --help   (reads {key_file} from this folder)",
+            f'  curl      curl -H "Authorization: Bearer $(cat {key_file})" {url}/v1/experiments',
+        ]
+    )
+
+
+def wait_until_up(port: int, api: subprocess.Popen, timeout_s: float = 60) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and api.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def main() -> int:
     settings = get_settings()
     upgrade()
-    print(f"API key: {local_key()}", flush=True)
+    local_key()
+    key_file = os.environ.get("API_KEY_FILE", "data/api_key")
     worker = start_worker(settings.queue_name)
     api = subprocess.Popen(
         [
@@ -76,9 +106,12 @@ def main() -> int:
             os.environ.get("HOST", "127.0.0.1"),
             "--port",
             str(settings.port),
+            # The service writes its own JSON request log (path, never the query string).
+            "--no-access-log",
         ]
     )
-    print(f"gradlab: API on http://127.0.0.1:{settings.port}  (Ctrl-C stops)", flush=True)
+    if wait_until_up(settings.port, api):
+        print(where_to_go(settings.port, key_file), flush=True)
     stopping = False
 
     def stop(*_args: object) -> None:

@@ -15,6 +15,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from core.status import TERMINAL
+
 # After load, <body data-images-loaded="loaded/total">: a check a browser test (or a person)
 # can read from the DOM.
 SCRIPT = (
@@ -79,6 +81,53 @@ def table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] | None = None) 
     return "".join(out)
 
 
+EVIDENCE_FIRST = (
+    "ratio_first_last",
+    "effective_horizon",
+    "log_rate_per_step",
+    "max_grad_norm",
+    "nan_step",
+    "nan_origin",
+    "spectrum",
+)
+SUMMARY_FIRST = (
+    "final_val_loss",
+    "best_val_loss",
+    "final_loss",
+    "baseline_loss",
+    "solved_at_step",
+    "beat_baseline_at_step",
+    "accuracy",
+    "max_grad_norm",
+    "nan_events",
+    "clip_fraction",
+    "steps_per_second",
+    "device",
+)
+
+
+def flat_items(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested objects as dotted rows (`spectrum.sigma_max`), not one cell of raw JSON."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += flat_items(value, f"{name}.")
+        else:
+            out.append((name, value))
+    return out
+
+
+def key_first(values: dict[str, Any], first: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """The numbers a reader looks for first, in that order, then the rest by name."""
+
+    def rank(item: tuple[str, Any]) -> tuple[int, str]:
+        top = item[0].split(".", 1)[0]
+        return (first.index(top) if top in first else len(first), item[0])
+
+    return sorted(flat_items(values), key=rank)
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
@@ -133,7 +182,7 @@ def experiment_page(
     ]
     evidence = diagnosis.get("evidence") or {}
     if evidence:
-        parts.append(table(sorted(evidence.items()), ("evidence", "value")))
+        parts.append(table(key_first(evidence, EVIDENCE_FIRST), ("evidence", "value")))
     suggestions = diagnosis.get("suggestions") or []
     if suggestions:
         items = "".join(
@@ -149,7 +198,9 @@ def experiment_page(
         parts.append(figure(plot_name, png, PLOT_CAPTIONS.get(plot_name, plot_name)))
     summary = view.get("summary") or {}
     parts.append("<h2>Summary</h2>")
-    parts.append(table(sorted(summary.items())) if summary else "<p class=muted>not yet</p>")
+    parts.append(
+        table(key_first(summary, SUMMARY_FIRST)) if summary else "<p class=muted>not yet</p>"
+    )
     if events:
         rows = "".join(
             f"<tr><td>{esc(e.get('step'))}</td><td>{esc(e['kind'])}</td>"
@@ -167,43 +218,110 @@ def experiment_page(
     return page(f"gradlab: {name}", "".join(parts))
 
 
+def k_of_n(k: Any, n: Any) -> str:
+    """A count out of its total, never a bare fraction: `2 of 3`."""
+    return f"{fmt_value(k)} of {fmt_value(n)}"
+
+
+def mean_std(stat: Any) -> str:
+    if not isinstance(stat, dict) or stat.get("mean") is None:
+        return "–"
+    std = stat.get("std")
+    return f"{stat['mean']:.4g} ± {std:.2g}" if std else f"{stat['mean']:.4g}"
+
+
+def readable(value: Any) -> str:
+    """A grid value as a person writes it: `lstm`, `50`, `mode: norm, max_norm: 1`."""
+    if isinstance(value, dict):
+        return str(value.get("label") or ", ".join(f"{k}: {readable(v)}" for k, v in value.items()))
+    if isinstance(value, list):
+        return ", ".join(readable(v) for v in value)
+    return fmt_value(value)
+
+
+def point_name(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={readable(v)}" for k, v in params.items()) or "base"
+
+
 def sweep_page(view: dict[str, Any], images: dict[str, bytes], link: Any) -> str:
-    """`view`: the sweep resource (api.routes.sweeps.sweep_view); `link(experiment_id)`: the
-    URL of that experiment's report."""
+    """`view`: the sweep resource (api.serializers.sweep_view); `link(experiment_id)`: the
+    URL of that experiment's report. The key numbers first (how far it got, the best point),
+    then the points ranked (a column a factor, counts out of the finished runs), each factor's
+    effect, the overlays."""
     name = view.get("name") or view["id"]
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(view.get("counts", {}).items()))
+    counts = view.get("counts", {})
+    points = sorted(view.get("points", []), key=lambda p: p.get("rank", 0))
+    factors = list(view.get("grid") or {})
+    finished = sum(n for s, n in counts.items() if s in TERMINAL)
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     parts = [
         f"<h1>{esc(name)}</h1>",
         f"<p class=muted>sweep <code>{esc(view['id'])}</code> · status "
-        f"<b id=status>{esc(view['status'])}</b> · {esc(view['experiments'])} experiments "
-        f"({esc(counts)})</p>",
-        "<h2>Plots</h2>",
+        f"<b id=status>{esc(view['status'])}</b> · {esc(by_status)}</p>",
     ]
-    for plot_name, png in images.items():
-        parts.append(figure(plot_name, png, f"{plot_name} of every run; one colour a grid point"))
+    if points:
+        best, stats = points[0], points[0].get("stats") or {}
+        parts.append(
+            f"<p id=key-numbers><b>{esc(k_of_n(finished, view['experiments']))}</b> runs finished"
+            f" · best point <b>{esc(point_name(best.get('params') or {}))}</b>: solved "
+            f"<b>{esc(k_of_n(stats.get('solved'), stats.get('finished')))}</b>, diverged "
+            f"{esc(k_of_n(stats.get('diverged'), stats.get('finished')))}, validation loss "
+            f"{esc(mean_std(stats.get('final_val_loss')))}</p>"
+        )
     parts.append("<h2>Grid points, best first</h2>")
-    head = (
-        "<tr><th>rank</th><th>point</th><th>solved</th><th>diverged</th><th>val loss (mean)</th>"
-        "<th>verdicts</th><th>experiments</th></tr>"
+    head = "".join(
+        f"<th>{esc(h)}</th>"
+        for h in (
+            "rank",
+            *factors,
+            "solved",
+            "diverged",
+            "val loss (mean ± std)",
+            "steps to solve",
+            "verdicts",
+            "experiments",
+        )
     )
     rows = []
-    for p in sorted(view.get("points", []), key=lambda p: p.get("rank", 0)):
-        stats = p.get("stats") or {}
+    for p in points:
+        stats, params = p.get("stats") or {}, p.get("params") or {}
+        n = stats.get("finished")
         exps = " ".join(
             f'<a href="{esc(link(e))}">{esc(e[:8])}</a>' for e in p.get("experiments", [])
         )
-        solved = stats.get("solved_fraction")
-        rows.append(
-            f"<tr><td>{esc(p.get('rank'))}</td><td>{esc(fmt_value(p.get('params')))}</td>"
-            f"<td>{esc(fmt_value(solved))}</td><td>{esc(fmt_value(stats.get('diverged')))}</td>"
-            f"<td>{esc(fmt_value(_mean(stats.get('final_val_loss'))))}</td>"
-            f"<td>{esc(fmt_value(stats.get('verdicts')))}</td><td>{exps}</td></tr>"
-        )
-    parts.append(f"<table id=points>{head}{''.join(rows)}</table>")
+        verdicts = ", ".join(f"{v} {c}" for v, c in sorted((stats.get("verdicts") or {}).items()))
+        steps = (stats.get("steps_to_solve") or {}).get("mean")
+        cells = [
+            p.get("rank"),
+            *(readable(params.get(f)) for f in factors),
+            k_of_n(stats.get("solved"), n),
+            k_of_n(stats.get("diverged"), n),
+            mean_std(stats.get("final_val_loss")),
+            fmt_value(steps),
+            verdicts or "–",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + f"<td>{exps}</td></tr>")
+    parts.append(f"<table id=points><tr>{head}</tr>{''.join(rows)}</table>")
     effects = view.get("effects") or []
     if effects:
-        items = "".join(f"<li>{esc(_effect_line(e))}</li>" for e in effects)
-        parts.append(f"<h2>Effects</h2><ul id=effects>{items}</ul>")
+        parts.append("<h2>Each factor's effect</h2><div id=effects>")
+        for e in effects:
+            level_rows = "".join(
+                f"<tr><td>{esc(readable(lv.get('value')))}</td>"
+                f"<td>{esc(k_of_n(lv.get('solved'), lv.get('finished')))}</td>"
+                f"<td>{esc(k_of_n(lv.get('diverged'), lv.get('finished')))}</td>"
+                f"<td>{esc(fmt_value(lv.get('mean_final_val_loss')))}</td></tr>"
+                for lv in e.get("levels", [])
+            )
+            parts.append(
+                f"<h3>{esc(e.get('factor'))}</h3><table><tr><th>value</th><th>solved</th>"
+                f"<th>diverged</th><th>mean val loss</th></tr>{level_rows}</table>"
+                f"<p class=muted>{esc(_effect_line(e))}</p>"
+            )
+        parts.append("</div>")
+    parts.append("<h2>Plots</h2>")
+    for plot_name, png in images.items():
+        parts.append(figure(plot_name, png, f"{plot_name} of every run; one colour a grid point"))
     return page(f"gradlab sweep: {name}", "".join(parts))
 
 

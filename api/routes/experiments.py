@@ -1,10 +1,8 @@
 """/v1/experiments: submit, list, read, events, cancel, webhooks. The traces are in traces.py."""
 
-import base64
-import binascii
 import hashlib
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Annotated, Literal
 
@@ -22,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Owner, SessionDep, current_owner
+from api.pagination import decode_cursor, encode_cursor
 from api.responses import FastJSON
 from api.schemas import EventsRead, ExperimentPage, ExperimentRead
 from api.serializers import experiment_view
@@ -40,13 +39,16 @@ from core.logs import request_id
 from core.owned import get_experiment
 from core.queue import enqueue
 from core.settings import get_settings
-from core.spec import ExperimentCreate, TaskShape, estimated_cost
+from core.spec import ExperimentCreate, ModelSpec, TaskShape, estimated_cost
 from core.status import StatusName
 from core.tables import EVENT_KINDS, Event, Experiment, WebhookDelivery, as_utc, utcnow
 from core.webhooks import check_notify
 
 log = logging.getLogger("gradlab.api")
 EventKind = Literal[EVENT_KINDS]
+Verdict = Literal["healthy", "vanishing", "exploding", "diverged", "inconclusive"]
+Cell = ModelSpec.model_fields["cell"].annotation
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold a NUL: a 422, not a 500
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 MAX_BODY_BYTES = 64 * 1024
@@ -226,26 +228,6 @@ def _replay(existing: Experiment | Row, digest: str) -> FastJSON:
     )
 
 
-def _encode_cursor(row: Experiment) -> str:
-    return base64.urlsafe_b64encode(
-        f"{as_utc(row.created_at).isoformat()}|{row.id}".encode()
-    ).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), row_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise Problem(
-            400,
-            "Bad cursor",
-            "the cursor is not one this API issued",
-            "cursor",
-            errors=[field_error("cursor", "invalid", "value")],
-        ) from exc
-
-
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
     owner: Owner,
@@ -253,24 +235,37 @@ def list_experiments(
     status: Annotated[
         list[StatusName] | None, Query(description="one or more; any of them matches")
     ] = None,
-    name: Annotated[
-        str | None, Query(max_length=200, description="part of the name, any case")
-    ] = None,
     tag: Annotated[str | None, Query(max_length=50)] = None,
     sweep_id: Annotated[str | None, Query(max_length=36)] = None,
+    verdict: Annotated[Verdict | None, Query(description="the diagnosis' verdict")] = None,
+    cell: Annotated[Cell | None, Query(description="model.cell")] = None,
+    task: Annotated[
+        str | None, Query(max_length=40, pattern="^[a-z_]+$", description="task.name")
+    ] = None,
+    name: Annotated[
+        str | None,
+        Query(max_length=200, pattern=NO_NUL, description="part of the name, any case"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSON:
-    """The owner's experiments, newest first, `limit` a page; `next_cursor` fetches the next."""
+    """The owner's experiments, newest first, a page at a time (`next_cursor`). Filters
+    combine: status, tag, sweep, verdict, cell, task, and `name` (a substring, any case)."""
     q = select(Experiment).where(Experiment.owner == owner)
     if status:
         q = q.where(Experiment.status.in_(status))
-    if name:
-        q = q.where(Experiment.name.icontains(name, autoescape=True))
     if sweep_id:
         q = q.where(Experiment.sweep_id == sweep_id)
+    if verdict:
+        q = q.where(Experiment.diagnosis["verdict"].as_string() == verdict)
+    if cell:
+        q = q.where(Experiment.spec[("model", "cell")].as_string() == cell)
+    if task:
+        q = q.where(Experiment.spec[("task", "name")].as_string() == task)
+    if name:
+        q = q.where(Experiment.name.icontains(name, autoescape=True))
     if cursor:
-        created, row_id = _decode_cursor(cursor)
+        created, row_id = decode_cursor(cursor)
         q = q.where(
             or_(
                 Experiment.created_at < created,
@@ -294,7 +289,7 @@ def list_experiments(
     return FastJSON(
         {
             "items": [experiment_view(r) for r in page],
-            "next_cursor": _encode_cursor(page[-1]) if more and page else None,
+            "next_cursor": encode_cursor(page[-1]) if more and page else None,
         }
     )
 

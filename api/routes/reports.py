@@ -1,21 +1,17 @@
 """Report pages: GET /v1/experiments/{id}/report and /v1/sweeps/{id}/report, plain HTML.
 
-The plots are embedded in the page as data: URIs (api/render/report.py), so the report URL is the
-only one that needs a credential. A browser cannot send a Bearer header from the address bar,
-so these two routes (and only these) also take the key as `?key=`; the Authorization header
-wins when both are there. A key in a URL can land in browser history and proxy logs: prefer
-`gradlab report ID --out report.html` (the header, then a local file) where that matters."""
+The plots are embedded in the page as data: URIs (api/render/report.py), so the page is one
+file that can be saved or mailed. In a browser, sign in at /ui/signin (a session cookie); from
+a script, send the bearer header (`gradlab report ID --out report.html`). A key in the URL
+(`?key=`) is refused: it lands in browser history, proxy logs and Referer headers."""
 
 from __future__ import annotations
 
-from typing import Annotated
-from urllib.parse import quote
-
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from api.deps import SessionDep, current_owner
+from api.deps import Owner, SessionDep
 from api.figures import experiment_figure, overlay
 from api.render import plots
 from api.render.report import HEADERS, experiment_page, sweep_page
@@ -28,28 +24,6 @@ MAX_EVENTS = 50
 HTML_RESPONSES = {200: {"description": "the report", "content": {"text/html": {}}}, 404: {}}
 
 
-async def report_owner(
-    request: Request,
-    key: Annotated[
-        str | None,
-        Query(max_length=200, description="the API key, for a browser (header preferred)"),
-    ] = None,
-) -> str:
-    """`Owner`, with the key also accepted as `?key=`: the same checks (cache, revocation,
-    rate limit) run on it, as if it had come in the Authorization header."""
-    if key and not request.headers.get("authorization", "").strip():
-        scope = dict(request.scope)
-        scope["headers"] = [
-            *((k, v) for k, v in request.scope["headers"] if k.lower() != b"authorization"),
-            (b"authorization", f"Bearer {key}".encode()),
-        ]
-        return await current_owner(Request(scope))
-    return await current_owner(request)
-
-
-ReportOwner = Annotated[str, Depends(report_owner)]
-
-
 def _html(body: str) -> HTMLResponse:
     return HTMLResponse(body, headers=HEADERS)
 
@@ -57,7 +31,7 @@ def _html(body: str) -> HTMLResponse:
 @router.get(
     "/experiments/{experiment_id}/report", response_class=HTMLResponse, responses=HTML_RESPONSES
 )
-def experiment_report(owner: ReportOwner, experiment_id: str, session: SessionDep) -> HTMLResponse:
+def experiment_report(owner: Owner, experiment_id: str, session: SessionDep) -> HTMLResponse:
     """One self-contained HTML page: the diagnosis with its evidence and mitigations, the four
     plots (embedded PNGs), the summary, the events and the spec."""
     row = get_experiment(session, experiment_id, owner)
@@ -79,12 +53,7 @@ def experiment_report(owner: ReportOwner, experiment_id: str, session: SessionDe
 
 
 @router.get("/sweeps/{sweep_id}/report", response_class=HTMLResponse, responses=HTML_RESPONSES)
-def sweep_report(
-    owner: ReportOwner,
-    sweep_id: str,
-    session: SessionDep,
-    key: Annotated[str | None, Query(max_length=200, include_in_schema=False)] = None,
-) -> HTMLResponse:
+def sweep_report(owner: Owner, sweep_id: str, session: SessionDep) -> HTMLResponse:
     """One self-contained HTML page: validation and training loss of every run overlaid (one
     colour a grid point), the points ranked with their statistics, each factor's effect, and
     links to every experiment's report."""
@@ -96,9 +65,8 @@ def sweep_report(
         )
         for q in ("val_loss", "loss", "grad_norm")
     }
-    suffix = f"?key={quote(key)}" if key else ""  # the page was opened with ?key=: keep it
 
     def link(experiment_id: str) -> str:
-        return f"/v1/experiments/{experiment_id}/report{suffix}"
+        return f"/v1/experiments/{experiment_id}/report"
 
     return _html(sweep_page(sweep_view(sweep, rows), images, link))

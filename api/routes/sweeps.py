@@ -1,12 +1,14 @@
 """/v1/sweeps: a grid of experiments, fanned out over the workers, compared in one answer."""
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.deps import Owner, SessionDep
+from api.pagination import decode_cursor, encode_cursor
 from api.responses import FastJSON
-from api.serializers import sweep_view
+from api.serializers import sweep_summary, sweep_view
 from core.datasets import check_task
 from core.lifecycle import (
     cancel_queued,
@@ -15,7 +17,7 @@ from core.lifecycle import (
     request_cancel_running,
 )
 from core.logs import request_id
-from core.owned import get_sweep, sweep_experiments
+from core.owned import get_sweep, owner_sweeps, status_counts, sweep_experiments
 from core.presets import PRESETS, preset_info
 from core.queue import enqueue
 from core.settings import get_settings
@@ -34,6 +36,28 @@ def list_presets(owner: Owner) -> FastJSON:
     how long they take (from the cost model; an order of magnitude)."""
     max_cost = get_settings().max_cost
     return FastJSON({name: preset_info(name, max_cost) for name in PRESETS})
+
+
+@router.get("")
+def list_sweeps(
+    owner: Owner,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> FastJSON:
+    """The owner's sweeps, newest first, a page at a time (`next_cursor`): each with its
+    name, preset, grid, status and experiments per status (the points are in
+    GET /v1/sweeps/{id})."""
+    after = decode_cursor(cursor) if cursor else None
+    rows = owner_sweeps(session, owner, after, limit + 1)
+    page, more = rows[:limit], len(rows) > limit
+    counts = status_counts(session, [s.id for s in page])
+    return FastJSON(
+        {
+            "items": [sweep_summary(s, counts[s.id]) for s in page],
+            "next_cursor": encode_cursor(page[-1]) if more and page else None,
+        }
+    )
 
 
 @router.post("", status_code=202, responses={404: {}, 422: {}})

@@ -164,19 +164,25 @@ def test_experiment_report_page(client, finished: str) -> None:
     exp = client.get(f"/v1/experiments/{finished}").json()
     assert f">{exp['diagnosis']['verdict']}</span>" in html
     assert "ratio_first_last" in html and "baseline_loss" in html
+    # the key numbers lead their tables; nested evidence is dotted rows, not raw JSON
+    assert html.index("<th>ratio_first_last</th>") < html.index("<th>seq_len</th>")
+    assert html.index("<th>final_val_loss</th>") < html.index("<th>device</th>")
+    assert "<th>spectrum.sigma_max</th>" in html
     # the page's own script is the only one, and the CSP pins it by hash
     from api.render.report import SCRIPT_HASH
 
     assert html.count("<script>") == 1 and SCRIPT_HASH in resp.headers["content-security-policy"]
-    # a browser sends no header: ?key= works for the report, and only a valid key
+    # a key in the URL is refused, a valid one too, with or without the header beside it
     key = client.headers["Authorization"].removeprefix("Bearer ")
     anonymous = bare(client)
-    assert anonymous.get(f"/v1/experiments/{finished}/report?key={key}").status_code == 200
+    refused = assert_problem(anonymous.get(f"/v1/experiments/{finished}/report?key={key}"), 401)
+    assert refused["type"].endswith("key-in-url") and "/ui/signin" in refused["detail"]
+    assert_problem(client.get(f"/v1/experiments/{finished}/report?key={key}"), 401)
     assert_problem(anonymous.get(f"/v1/experiments/{finished}/report"), 401)
-    assert_problem(anonymous.get(f"/v1/experiments/{finished}/report?key=glk_nope"), 401)
-    # ?key= is for the report pages only: elsewhere it is a parameter the route does not take
+    # and so is a key in any other URL, before anything else is checked
     for path in (f"/v1/experiments/{finished}", f"/v1/experiments/{finished}/plots/loss.png"):
-        assert_problem(anonymous.get(f"{path}?key={key}"), 422, "query.key")
+        refused = assert_problem(anonymous.get(f"{path}?key={key}"), 401)
+        assert refused["type"].endswith("key-in-url")
 
 
 def test_report_escapes_what_the_user_wrote(client, sessions) -> None:
@@ -199,9 +205,15 @@ def test_sweep_report_page(client) -> None:
     for exp_id in ids:
         assert f'href="/v1/experiments/{exp_id}/report"' in html
     assert "model.cell -&gt;" in html  # the factor's effect line
+    # the key numbers first; counts out of the finished runs, never a bare fraction; a column
+    # a factor with its plain value, not the params as JSON
+    assert html.index("id=key-numbers") < html.index("id=points") < html.index("<img")
+    assert "<b>2 of 2</b> runs finished" in html and "<th>model.cell</th>" in html
+    points = html[html.index("id=points") : html.index("</table>", html.index("id=points"))]
+    assert "<td>gru</td>" in points and "{" not in points
+    assert re.search(r"<td>[01] of 1</td><td>0 of 1</td>", points), points
     key = client.headers["Authorization"].removeprefix("Bearer ")
-    html = bare(client).get(f"/v1/sweeps/{sweep['id']}/report", params={"key": key}).text
-    assert f'href="/v1/experiments/{ids[0]}/report?key={key}"' in html  # links keep the key
+    assert_problem(bare(client).get(f"/v1/sweeps/{sweep['id']}/report?key={key}"), 401)
     assert_problem(client.get("/v1/sweeps/missing/report"), 404)
 
 

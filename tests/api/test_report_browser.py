@@ -1,20 +1,18 @@
 """The report page in a real browser: headless Chromium (Debian's package; .ci/run installs
-it) against uvicorn on a loopback port, on the embedded SQLite default. The page loads, all its
+it) over the DevTools protocol (tests/browser.py), against uvicorn on a loopback port, on the
+embedded SQLite default. Signed in with the UI's session cookie, the page loads, all its
 images decode (the page's own script writes loaded/total on <body>), and a screenshot is
-taken."""
+taken; without a session the browser gets the 401 problem."""
 
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.browser import CHROMIUM, Browser
 from tests.factories import run_finished as run
 from tests.serving import uvicorn
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 
@@ -25,53 +23,35 @@ def server(settings, backend, tmp_path):
         yield base
 
 
-def chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1200,1600",
-            "--virtual-time-budget=10000",
-            *mode,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_report_page_loads_in_chromium_with_its_images(
     server: str, sessions, api_key, tmp_path: Path
 ) -> None:
     exp_id = run(sessions)
-    url = f"{server}/v1/experiments/{exp_id}/report?key={api_key('tester')}"
+    url = f"{server}/v1/experiments/{exp_id}/report"
+    browser = Browser(tmp_path / "profile", width=1200, height=1600)
+    try:
+        # without a session: the 401 problem, not the page
+        browser.goto(url)
+        denied = browser.eval("document.body.innerText")
+        assert "unauthorized" in denied and browser.count("img") == 0
+        browser.problems.clear()  # the 401 asked for
 
-    dom = chromium(url, tmp_path, "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
-    assert re.search(r"<b id=\"?status\"?>succeeded</b>", html), html[:2000]
-    # every image decoded in the browser: naturalWidth > 0 for 4 of 4
-    assert 'data-images-loaded="4/4"' in html, html[:500]
-    assert html.count("<img") == 4
+        browser.goto(f"{server}/ui/signin?next=/v1/experiments/{exp_id}/report")
+        browser.fill("#key", api_key("tester"))
+        browser.eval("document.forms[0].submit()")
+        browser.wait_for("document.body.dataset.imagesLoaded !== undefined")
+        assert browser.url() == url
+        assert browser.text("#status") == "succeeded"
+        # every image decoded in the browser: naturalWidth > 0 for 4 of 4
+        assert browser.data("body", "imagesLoaded") == "4/4"
+        assert browser.count("img") == 4
 
-    shot = tmp_path / "shot.png"
-    done = chromium(url, tmp_path, f"--screenshot={shot}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    img = Image.open(shot)
-    assert img.size == (1200, 1600)
-    # a rendered page, not a blank or an error page: many colours (the heatmap alone has many)
-    assert len(img.convert("RGB").getcolors(1 << 24)) > 200
-
-    # without a key the browser gets the 401 problem, not the page
-    denied = chromium(f"{server}/v1/experiments/{exp_id}/report", tmp_path, "--dump-dom")
-    assert "unauthorized" in denied.stdout and "data-images-loaded" not in denied.stdout
+        shot = browser.screenshot(tmp_path / "shot.png", max_height=1600)
+        img = Image.open(shot)
+        assert img.width == 1200
+        # a rendered page, not a blank or an error page: many colours (the heatmap alone has many)
+        assert len(img.convert("RGB").getcolors(1 << 24)) > 200
+        assert browser.problems == []
+    finally:
+        browser.close()

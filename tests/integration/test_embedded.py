@@ -2,7 +2,6 @@
 API in one command on a SQLite file and the SQLAlchemy broker; driven over real HTTP."""
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
         "OMP_NUM_THREADS": "1",
         "DATABASE_URL": f"sqlite:///{tmp_path}/gradlab.sqlite",
         "BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.sqlite",
+        "API_KEY_FILE": str(tmp_path / "api_key"),
     }
     log = open(tmp_path / "embedded.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -52,16 +52,17 @@ def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
                 return False
 
         wait_for(ready, 60, "the API")
-        # the embedded default makes a key on first start and prints it
-        key = (
-            wait_for(
-                lambda: re.search(rb"API key: (\S+)", (tmp_path / "embedded.log").read_bytes()),
-                10,
-                "the key",
-            )
-            .group(1)
-            .decode()
-        )
+        # the embedded default makes a key on first start, and says where to go next: the UI,
+        # the docs, the CLI and the key's file, never the key itself
+        said = wait_for(
+            lambda: b"API docs" in (out := (tmp_path / "embedded.log").read_bytes()) and out,
+            10,
+            "where to go next",
+        ).decode()
+        key = (tmp_path / "api_key").read_text().strip()
+        assert key.startswith("glk_") and key not in said
+        assert f"web UI    {base}/" in said and f"{base}/docs" in said
+        assert ".venv/bin/gradlab" in said and str(tmp_path / "api_key") in said
         assert httpx.get(f"{base}/v1/experiments").status_code == 401
         auth = {"Authorization": f"Bearer {key}"}
         # as in the README: curl -X POST .../v1/experiments -d '...'
@@ -113,4 +114,6 @@ def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    assert proc.returncode == 0, (tmp_path / "embedded.log").read_text()[-3000:]
+    out = (tmp_path / "embedded.log").read_text()
+    assert proc.returncode == 0, out[-3000:]
+    assert key not in out and key.removeprefix("glk_")[:12] not in out
