@@ -68,7 +68,12 @@ class QueryCheckMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("query_string"):
+        # The API's routes; the UI's pages read their query in the browser.
+        if (
+            scope["type"] == "http"
+            and scope.get("query_string")
+            and scope["path"].startswith("/v1")
+        ):
             known = self._params_of(scope)
             if known is not None and (refusal := refused(scope["query_string"], known)):
                 await refusal(scope, receive, send)

@@ -61,7 +61,8 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         refusal = (e.get("ctx") or {}).get("error")
         if isinstance(refusal, FieldRefusal):
             loc += refusal.field.split(".")
-        path = user_path(loc)
+        # A query parameter is named as written (`query.status`), not by the repeat that failed.
+        path = user_path(loc[:2] if loc[:1] == ["query"] else loc)
         message = e.get("msg")
         if e.get("type") == "extra_forbidden" and (hint := suggestion(path)):
             message = f"{message}; did you mean {hint!r}?"
