@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core.errors import Problem
+from core.spec import ExperimentCreate, estimated_memory
 from core.status import ACTIVE
 from core.tables import Event, Experiment, new_id, utcnow
 from core.traces import delete_earlier_attempts
@@ -320,17 +321,63 @@ def stale_running(session: Session, cutoff: datetime) -> list[Experiment]:
     )
 
 
+# A worker lost twice at the same step, running a spec whose estimated peak is at least this
+# fraction of MAX_WORKER_MEMORY, was most likely killed for memory (the kernel's OOM killer
+# sends SIGKILL: nothing in the worker can report it): the row fails then, saying so, instead
+# of burning its remaining attempts.
+OOM_SUSPECT_FRACTION = 0.25
+
+
+def lost_for_memory(session: Session, row: Experiment, memory_limit: float) -> str | None:
+    """Why `row`'s lost worker was most likely killed for memory, or None."""
+    try:
+        estimate = estimated_memory(ExperimentCreate.model_validate(row.spec))
+    except ValueError:  # a spec stored before a limit tightened: no estimate, no verdict
+        return None
+    if estimate < OOM_SUSPECT_FRACTION * memory_limit:
+        return None
+    before = session.scalar(
+        select(func.count()).where(
+            Event.experiment_id == row.id,
+            Event.kind == "worker_lost",
+            Event.attempt < row.attempt,
+            Event.step == row.progress_step,
+        )
+    )
+    if not before:
+        return None
+    return (
+        f"the worker was lost at step {row.progress_step} on {before + 1} attempts, with an "
+        f"estimated peak memory of {estimate / 2**30:.3g} GiB against MAX_WORKER_MEMORY "
+        f"{memory_limit / 2**30:.3g} GiB: most likely killed for memory; lower "
+        "train.batch_size, task.seq_len, model.hidden_size or model.num_layers"
+    )
+
+
 def settle_stale(
-    session: Session, row: Experiment, cutoff: datetime, max_attempts: int, stale_after_s: float
+    session: Session,
+    row: Experiment,
+    cutoff: datetime,
+    max_attempts: int,
+    stale_after_s: float,
+    memory_limit: float = math.inf,
 ) -> bool:
     """A stale running row goes back to `queued`, or to `cancelled` when a cancel was asked,
-    or to `failed` once its attempts are spent; with its `worker_lost` event and `finished`
-    delivery. False when the row moved meanwhile (nothing written)."""
+    or to `failed` once its attempts are spent or when it was lost for memory (see
+    lost_for_memory); with its `worker_lost` event and `finished` delivery. False when the
+    row moved meanwhile (nothing written)."""
     now = utcnow()
     detail: dict[str, Any] = {"worker": row.worker, "attempt": row.attempt}
     values: dict[str, Any]
+    memory = None if row.cancel_requested else lost_for_memory(session, row, memory_limit)
     if row.cancel_requested:
         values = {"status": "cancelled", "finished_at": now}
+    elif memory is not None:
+        values = {
+            "status": "failed",
+            "finished_at": now,
+            "error": {"type": "out_of_memory", "message": memory, **detail},
+        }
     elif row.attempt >= max_attempts:
         values = {
             "status": "failed",

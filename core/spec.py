@@ -337,6 +337,9 @@ class ExperimentCreate(Strict):
         return data
 
 
+GATE_BLOCKS = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
 def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
     """Length of the input sequence the network reads."""
     if task.name == "adding":
@@ -349,12 +352,78 @@ def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
 
 def estimated_cost(spec: ExperimentCreate) -> float:
     """steps x batch x T x hidden^2 x layers x gate blocks: the multiply-adds that dominate."""
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[spec.model.cell]
+    gates = GATE_BLOCKS[spec.model.cell]
     m, t = spec.model, spec.train
     return (
         float(t.steps * t.batch_size * seq_len_of(spec.task) * m.hidden_size**2)
         * m.num_layers
         * gates
+    )
+
+
+VALIDATION_BATCH = 256  # the held-out batch every validation runs (worker/datasets/base.py)
+# Peak floats a worker holds per (example x time step x unit x layer), fitted to measured peaks
+# with a margin (bench/worker_memory.py; tests/worker/test_memory_estimate.py holds
+# measured <= estimate <= 3 x measured). Training: the activations autograd keeps, their
+# gradients, the temporal adjoint's recomputed gates; per training example. Validation: the
+# held-out batch's forward pass without autograd; per validation example. "loop": layers run
+# as a python loop over time (norm cells, activations with no fused kernel), which keep every
+# step's intermediates. Measured (floats an element, training / validation), fused: rnn
+# 6.4 / 2.8, lstm 13.7 / 2.0, gru 17.1 / 3.9; loop: rnn 13.6 / 3.9, lstm 40.4 / 12.3, gru
+# 33.7 / 8.0.
+TRAIN_FLOATS = {"rnn": 8.0, "lstm": 17.0, "gru": 21.0}
+TRAIN_FLOATS_LOOP = {"rnn": 17.0, "lstm": 50.0, "gru": 42.0}
+VAL_FLOATS = {"rnn": 3.5, "lstm": 3.0, "gru": 5.0}
+VAL_FLOATS_LOOP = {"rnn": 5.0, "lstm": 15.0, "gru": 10.0}
+FUSED_ACTIVATIONS = ("tanh", "relu")
+
+
+def estimated_memory(spec: ExperimentCreate) -> int:
+    """Peak bytes a worker needs for `spec` beyond the interpreter and torch themselves: the
+    training batch's activations and gradients (batch x T x hidden x layers, a factor per
+    cell), the instruments' buffers and the adjoint, the validation batch, and the weights
+    with their gradients and optimiser state."""
+    m, t = spec.model, spec.train
+    size = 8 if t.dtype == "float64" else 4
+    looped = m.norm != "none" or (m.cell == "rnn" and m.activation not in FUSED_ACTIVATIONS)
+    train_floats = (TRAIN_FLOATS_LOOP if looped else TRAIN_FLOATS)[m.cell]
+    val_floats = (VAL_FLOATS_LOOP if looped else VAL_FLOATS)[m.cell]
+    elements = seq_len_of(spec.task) * m.hidden_size * m.num_layers  # per example
+    weights = GATE_BLOCKS[m.cell] * m.hidden_size * (2 * m.hidden_size + 2) * m.num_layers
+    floats = (
+        t.batch_size * elements * train_floats
+        + VALIDATION_BATCH * elements * val_floats
+        + 6 * weights  # weights, gradients, two optimiser moments, the update ratio's copy
+    )
+    return int(size * floats)
+
+
+def instrumented_steps(spec: ExperimentCreate) -> int:
+    """Steps at which the instruments record: every `instrument.every`-th, and the last."""
+    return -(-spec.train.steps // spec.instrument.every) + 1
+
+
+def estimated_trace_bytes(spec: ExperimentCreate) -> int:
+    """Bytes of stored series a run writes (8 for a step, 8 a value): loss (and accuracy) and
+    the clipping flag at every step; at every instrumented step the learning rate, the global
+    and per-parameter gradient norms, the update ratios and weight norms, the spectrum and
+    saturation per layer and gate block, and the temporal profile (T values per layer); the
+    validation loss and accuracy."""
+    m, t = spec.model, spec.train
+    layers, gates, on = m.num_layers, GATE_BLOCKS[m.cell], spec.instrument.on
+    parameters = 4 * layers + 2 + (4 * layers if m.norm != "none" else 0)
+    per_step = 3  # loss, accuracy, clip/fired
+    per_instrumented = 3 + parameters  # lr, grad_norm_total, clip/after, grad/<param>
+    if "update_ratio" in on:
+        per_instrumented += 2 * parameters
+    if "spectrum" in on:
+        per_instrumented += 2 * layers * gates
+    if "saturation" in on:
+        per_instrumented += layers * (gates + 1)
+    profile = layers * seq_len_of(spec.task) if "temporal" in on else 0
+    validations = t.steps // spec.instrument.val_every + 1
+    return 16 * (t.steps * per_step + validations * 2) + instrumented_steps(spec) * (
+        16 * per_instrumented + 8 * (profile + layers)
     )
 
 

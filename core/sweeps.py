@@ -9,9 +9,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.budgets import Limits, check_budgets
 from core.errors import Problem, field_error, field_errors, invalid_field
 from core.presets import PRESETS
-from core.spec import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, estimated_cost
+from core.spec import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate
 from core.status import TERMINAL
 
 VARIANT = "variant"
@@ -72,9 +73,14 @@ def resolve(req: SweepCreate) -> SweepCreate:
     )
 
 
-def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], ExperimentCreate]]:
-    """Every grid point x seed as (params, validated spec). The first invalid point is a 422
-    naming it; nothing is queued."""
+def expand(
+    req: SweepCreate, limits: Limits | float
+) -> list[tuple[dict[str, Any], ExperimentCreate]]:
+    """Every grid point x seed as (params, validated spec), each within `limits` (a bare
+    number: the compute budget only). The first invalid point is a 422 naming it; nothing is
+    queued."""
+    if not isinstance(limits, Limits):
+        limits = Limits(max_cost=limits)
     for path, levels in req.grid.items():
         if path == VARIANT and not all(isinstance(v, dict) and "label" in v for v in levels):
             raise invalid_field(
@@ -121,15 +127,7 @@ def expand(req: SweepCreate, max_cost: float) -> list[tuple[dict[str, Any], Expe
                     point=params,
                     errors=errors,
                 ) from exc
-            if estimated_cost(spec) > max_cost:
-                raise Problem(
-                    422,
-                    "Over the compute budget",
-                    f"the point {params} costs {estimated_cost(spec):.3g}, over {max_cost:.3g}",
-                    "budget",
-                    point=params,
-                    errors=[field_error("grid", "over budget", "budget")],
-                )
+            check_budgets(spec, limits, params)
             out.append((params, spec))
     return out
 

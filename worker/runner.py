@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import traceback
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from core.db import get_sessionmaker
 from core.diagnosis import diagnose
 from core.logs import bound_request_id
 from core.settings import Settings, get_settings
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, estimated_memory
 from core.tables import Experiment
 from worker.heartbeat import Heartbeat
 from worker.instruments import default_instruments
@@ -28,6 +29,28 @@ log = logging.getLogger("gradlab.worker")
 
 def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def out_of_memory(
+    exc: BaseException, spec: ExperimentCreate, settings: Settings
+) -> dict[str, Any] | None:
+    """The row's error when `exc` is an allocation that failed (MemoryError, torch's
+    OutOfMemoryError, or the CPU allocator's RuntimeError), else None. Recorded as a final
+    failure: the same spec on the same worker would fail the same way on every attempt."""
+    text = str(exc)
+    if not (
+        isinstance(exc, MemoryError | torch.OutOfMemoryError)
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+    ):
+        return None
+    return {
+        "type": "out_of_memory",
+        "exception": type(exc).__name__,
+        "message": f"out of memory: {text[:500]}; the estimated peak for this spec is "
+        f"{estimated_memory(spec) / 2**30:.3g} GiB, MAX_WORKER_MEMORY "
+        f"{settings.max_worker_memory / 2**30:.3g} GiB",
+    }
 
 
 def run_experiment(experiment_id: str, settings: Settings | None = None) -> str | None:
@@ -101,7 +124,7 @@ def _run_claimed(row: Experiment, settings: Settings) -> str | None:
             return None
     except Exception as exc:  # ours or torch's: recorded on the row, the worker keeps serving
         log.exception("experiment %s failed", experiment_id)
-        error = {
+        error = out_of_memory(exc, spec, settings) or {
             "type": "training_error",
             "exception": type(exc).__name__,
             "message": str(exc)[:2000],

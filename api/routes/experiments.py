@@ -25,6 +25,7 @@ from api.deps import Owner, SessionDep, current_owner
 from api.responses import FastJSON
 from api.schemas import EventsRead, ExperimentPage, ExperimentRead
 from api.serializers import experiment_view
+from core.budgets import Limits, check_budgets
 from core.db import get_engine, get_read_engine
 from core.errors import Problem, field_error, invalid_field
 from core.lifecycle import (
@@ -39,7 +40,7 @@ from core.logs import request_id
 from core.owned import get_experiment
 from core.queue import enqueue
 from core.settings import get_settings
-from core.spec import ExperimentCreate, estimated_cost
+from core.spec import ExperimentCreate
 from core.status import StatusName
 from core.tables import EVENT_KINDS, Event, Experiment, WebhookDelivery, as_utc, utcnow
 from core.webhooks import check_notify
@@ -65,18 +66,7 @@ async def read_spec(request: Request) -> ExperimentCreate:
     if not isinstance(data, dict):
         raise invalid_field("the body must be a JSON object", None, "expected an object", "type")
     spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
-    cost, limit = estimated_cost(spec), get_settings().max_cost
-    if cost > limit:
-        raise Problem(
-            422,
-            "Over the compute budget",
-            f"estimated cost {cost:.3g} (steps x batch x T x hidden^2 x layers x gates) is over "
-            f"the limit {limit:.3g}",
-            "budget",
-            estimate=cost,
-            limit=limit,
-            errors=[field_error("train.steps", "over the compute budget", "budget")],
-        )
+    check_budgets(spec, Limits.of(get_settings()))
     return spec
 
 

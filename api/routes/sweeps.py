@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from api.deps import Owner, SessionDep
 from api.responses import FastJSON
 from api.serializers import sweep_view
+from core.budgets import Limits
 from core.lifecycle import (
     cancel_queued,
     check_active_cap,
@@ -39,7 +40,7 @@ def list_presets(owner: Owner) -> FastJSON:
 def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSON:
     """Expand, validate every point, then queue them all (or nothing)."""
     req = resolve(req)
-    points = expand(req, get_settings().max_cost)
+    points = expand(req, Limits.of(get_settings()))
     checked: set[tuple] = set()  # a URL is resolved once a sweep, not once a point
     for params, spec in points:
         if spec.notify is None:

@@ -54,7 +54,7 @@ def test_size_cap_and_budget() -> None:
         expand(too_many, BIG)
     assert err.value.extra["experiments"] == 400 > MAX_SWEEP_EXPERIMENTS
     with pytest.raises(Problem) as err:
-        expand(SweepCreate(grid={"train.steps": [10]}), max_cost=1.0)
+        expand(SweepCreate(grid={"train.steps": [10]}), 1.0)
     assert err.value.kind == "budget"
 
 
