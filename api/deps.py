@@ -1,15 +1,16 @@
 """The dependencies routes declare, each defined once: the session, the owner, thinning."""
 
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Query
 from sqlalchemy.orm import Session
 
 from api.auth import Owner, current_owner
 from core.db import get_sessionmaker
+from core.settings import get_settings
+from core.traces import Window
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -29,28 +30,18 @@ SessionDep = Annotated[Session, Depends(get_session)]
 @dataclass
 class Thinning:
     """Query parameters that thin a long trace: a step range, then every k-th point, then at
-    most `max_points` evenly spaced."""
+    most `max_points` evenly spaced (and never more than MAX_TRACE_POINTS)."""
 
     from_step: int | None = Query(None, ge=0)
     to_step: int | None = Query(None, ge=0)
     every: int = Query(1, ge=1, le=1_000_000)
     max_points: int | None = Query(None, ge=1, le=1_000_000)
 
-    def indices(self, steps: list[int]) -> list[int]:
-        idx = [
-            i
-            for i, s in enumerate(steps)
-            if (self.from_step is None or s >= self.from_step)
-            and (self.to_step is None or s <= self.to_step)
-        ][:: self.every]
-        if self.max_points is not None and len(idx) > self.max_points:
-            stride = math.ceil(len(idx) / self.max_points)
-            idx = idx[::stride]
-        return idx
-
-    def apply(self, steps: list[int], values: list[Any]) -> tuple[list[int], list[Any]]:
-        idx = self.indices(steps)
-        return [steps[i] for i in idx], [values[i] for i in idx]
+    def window(self) -> Window:
+        """The points to keep, capped at MAX_TRACE_POINTS a series whatever `max_points` asks."""
+        cap = get_settings().max_trace_points
+        most = min(self.max_points or cap, cap)
+        return Window(self.from_step, self.to_step, self.every, most)
 
 
 __all__ = ["Owner", "SessionDep", "Thinning", "current_owner", "get_session"]
