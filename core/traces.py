@@ -81,21 +81,26 @@ def iter_scalar_chunks(
 
 
 def chunks_after(
-    session: Session, experiment_id: str, attempt: int, names: Iterable[str], after_id: int
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    names: Iterable[str],
+    after_id: int,
+    limit: int | None = None,
 ) -> list[SeriesChunk]:
-    """Chunks of the named series stored after chunk `after_id`, in the order they were stored."""
-    return list(
-        session.scalars(
-            select(SeriesChunk)
-            .where(
-                SeriesChunk.experiment_id == experiment_id,
-                SeriesChunk.attempt == attempt,
-                SeriesChunk.name.in_(list(names)),
-                SeriesChunk.id > after_id,
-            )
-            .order_by(SeriesChunk.id)
+    """Chunks of the named series stored after chunk `after_id`, in the order they were stored
+    (the first `limit` of them)."""
+    q = (
+        select(SeriesChunk)
+        .where(
+            SeriesChunk.experiment_id == experiment_id,
+            SeriesChunk.attempt == attempt,
+            SeriesChunk.name.in_(list(names)),
+            SeriesChunk.id > after_id,
         )
+        .order_by(SeriesChunk.id)
     )
+    return list(session.scalars(q if limit is None else q.limit(limit)))
 
 
 def unpack(chunk: SeriesChunk) -> tuple[list[int], list[list[float]]]:

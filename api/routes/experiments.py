@@ -278,15 +278,20 @@ def list_experiments(
     )
 
 
+def _experiment_row(experiment_id: str) -> Row | None:
+    if len(experiment_id) > 36:
+        return None
+    with get_read_engine().connect() as conn:
+        return conn.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id)).first()
+
+
 @router.get("/{experiment_id}", response_model=ExperimentRead)
 async def read_experiment(experiment_id: str, request: Request) -> FastJSON:
     """The hottest route (clients poll it), kept lean: auth without the dependency machinery,
-    one Core query on the event loop (a primary-key read, shorter than a threadpool hop)."""
+    one Core query in the threadpool (never on the event loop: a slow read there would stall
+    every other request)."""
     owner = await current_owner(request)
-    row = None
-    if len(experiment_id) <= 36:
-        with get_read_engine().connect() as conn:
-            row = conn.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id)).first()
+    row = await run_in_threadpool(_experiment_row, experiment_id)
     if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
     return FastJSON(experiment_view(row))
