@@ -4,11 +4,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import observability, problems
+from api import guard, observability, problems
 from api.query import QueryCheckMiddleware
 from api.routes import experiments, export, health, plots, reports, stream, sweeps, traces
 from core import logs
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, SweepCreate
 
 
 def add_spec_and_security(app: FastAPI) -> None:
@@ -20,10 +20,11 @@ def add_spec_and_security(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         doc = base_openapi()
-        spec = ExperimentCreate.model_json_schema(ref_template="#/components/schemas/{model}")
         components = doc.setdefault("components", {})
-        components.setdefault("schemas", {}).update(spec.pop("$defs", {}))
-        components["schemas"]["ExperimentCreate"] = spec
+        for model in (ExperimentCreate, SweepCreate):  # bodies read by api.guard.read_json
+            spec = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.setdefault("schemas", {}).update(spec.pop("$defs", {}))
+            components["schemas"][model.__name__] = spec
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         components["schemas"]["Problem"] = problems.PROBLEM_SCHEMA
         components["schemas"].pop("HTTPValidationError", None)
@@ -33,7 +34,9 @@ def add_spec_and_security(app: FastAPI) -> None:
         }
         for path, ops in doc["paths"].items():
             for op in ops.values():
-                codes = ["400", "404", "409", "413", "422", "503"] if path.startswith("/v1") else []
+                codes = ["400", "404", "409", "413", "422", "431", "503"]
+                if not path.startswith("/v1"):
+                    codes = ["400", "413", "431"]
                 if path.startswith("/v1"):
                     op["security"] = [{"bearer": []}]
                     codes += ["401", "429"]
@@ -57,7 +60,8 @@ def create_app() -> FastAPI:
     problems.install(app)
     logs.configure_logging()
     app.add_middleware(QueryCheckMiddleware)
-    app.add_middleware(observability.ObservabilityMiddleware)  # outermost: sees the 422s too
+    app.add_middleware(guard.RequestGuard)  # before the routes and the query check
+    app.add_middleware(observability.ObservabilityMiddleware)  # outermost: sees the 4xx too
     app.include_router(observability.router)
     app.include_router(health.router)
     app.include_router(experiments.router)

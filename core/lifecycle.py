@@ -125,6 +125,20 @@ def queued_values(
     )
 
 
+def lock_owner(conn: Connection | Session, owner: str) -> None:
+    """Serialise the owner's submissions until the transaction ends, so that a cap check and
+    the inserts after it see every other submission of the owner: a transaction-scoped
+    advisory lock on PostgreSQL (READ COMMITTED would let two concurrent checks pass the cap
+    together); on SQLite the database's write lock, taken by a write that changes nothing."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    if bind.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
+    else:
+        conn.execute(
+            update(EXPERIMENTS).where(EXPERIMENTS.c.id.is_(None)).values(owner=EXPERIMENTS.c.owner)
+        )
+
+
 def insert_queued(conn: Connection, values: dict[str, Any], cap: int) -> bool:
     """Insert a `queued` row (every column in `values`) unless the owner already has `cap`
     active experiments. False when over the cap; nothing is written then."""

@@ -7,6 +7,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from core.budgets import Limits, check_budgets
@@ -16,6 +17,8 @@ from core.spec import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate
 from core.status import TERMINAL
 
 VARIANT = "variant"
+MAX_LABEL_LEN = 200
+MAX_SWEEP_STORED_BYTES = 4 * 2**20  # the specs and grid values of every experiment of a sweep
 
 
 def deep_merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
@@ -81,10 +84,23 @@ def expand(
     queued."""
     if not isinstance(limits, Limits):
         limits = Limits(max_cost=limits)
+    if "seed" in req.grid:  # set_path would write it, then the seed loop overwrite it
+        raise invalid_field(
+            "seeds are not a grid factor: give them as `seeds` (each grid point runs once a seed)",
+            "grid.seed",
+            "use `seeds`",
+            "value",
+            title="Invalid grid",
+        )
     for path, levels in req.grid.items():
-        if path == VARIANT and not all(isinstance(v, dict) and "label" in v for v in levels):
+        if path == VARIANT and not all(
+            isinstance(v, dict)
+            and isinstance(v.get("label"), str)
+            and 1 <= len(v["label"]) <= MAX_LABEL_LEN
+            for v in levels
+        ):
             raise invalid_field(
-                "every `variant` is an object with a `label`",
+                f"every `variant` is an object with a `label` of 1 to {MAX_LABEL_LEN} characters",
                 "grid.variant",
                 "objects with a label",
                 "value",
@@ -104,6 +120,7 @@ def expand(
             errors=[field_error("grid", "too many points", "limit")],
         )
     out = []
+    stored = 0
     for combo in itertools.product(*(req.grid[p] for p in paths)):
         params = {p: level_label(p, v) for p, v in zip(paths, combo, strict=True)}
         for seed in seeds:
@@ -129,6 +146,16 @@ def expand(
                 ) from exc
             check_budgets(spec, limits, params)
             out.append((params, spec))
+            stored += len(orjson.dumps(spec.model_dump(mode="json"))) + len(orjson.dumps(params))
+    if stored > MAX_SWEEP_STORED_BYTES:
+        raise Problem(
+            422,
+            "Sweep too large",
+            f"the expanded sweep would store {stored} bytes of specs, over "
+            f"{MAX_SWEEP_STORED_BYTES}",
+            "sweep-too-large",
+            errors=[field_error("grid", "too large once expanded", "limit")],
+        )
     return out
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Owner, SessionDep, current_owner
+from api.guard import read_object
 from api.responses import FastJSON
 from api.schemas import EventsRead, ExperimentPage, ExperimentRead
 from api.serializers import experiment_view
@@ -32,6 +33,7 @@ from core.lifecycle import (
     EXPERIMENTS,
     cancel_queued,
     insert_queued,
+    lock_owner,
     over_cap,
     queued_values,
     request_cancel_running,
@@ -49,22 +51,11 @@ log = logging.getLogger("gradlab.api")
 EventKind = Literal[EVENT_KINDS]
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
-MAX_BODY_BYTES = 64 * 1024
-
 
 async def read_spec(request: Request) -> ExperimentCreate:
-    """The body as a spec, whatever its Content-Type (`curl -d '{}'` sends a form type)."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise Problem(
-            413, "Body too large", f"the body is over {MAX_BODY_BYTES} bytes", "too-large"
-        )
-    try:
-        data = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", "json") from exc
-    if not isinstance(data, dict):
-        raise invalid_field("the body must be a JSON object", None, "expected an object", "type")
+    """The body as a spec (api.guard.read_object: size, depth, NUL and NaN checked), within
+    the compute, memory and stored-volume budgets."""
+    data = await read_object(request)
     spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
     check_budgets(spec, Limits.of(get_settings()))
     return spec
@@ -158,6 +149,7 @@ def submit(
                 .values(idempotency_key=None)
             )
         try:
+            lock_owner(conn, owner)
             if not insert_queued(conn, vars(row), cap):
                 conn.rollback()
                 raise over_cap(conn, owner, 1, cap)

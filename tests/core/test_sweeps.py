@@ -49,7 +49,9 @@ def test_a_typo_in_a_path_is_rejected() -> None:
 
 
 def test_size_cap_and_budget() -> None:
-    too_many = SweepCreate(grid={"seed": list(range(20)), "task.seq_len": list(range(2, 22))})
+    too_many = SweepCreate(
+        grid={"train.steps": list(range(1, 21)), "task.seq_len": list(range(2, 22))}
+    )
     with pytest.raises(Problem) as err:
         expand(too_many, BIG)
     assert err.value.extra["experiments"] == 400 > MAX_SWEEP_EXPERIMENTS
