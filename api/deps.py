@@ -1,7 +1,9 @@
 """The dependencies routes declare, each defined once: the session, the owner, thinning."""
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -9,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Owner, current_owner
 from core.db import get_sessionmaker
+from core.errors import Problem
 from core.settings import get_settings
 from core.traces import Window
 
@@ -44,4 +47,34 @@ class Thinning:
         return Window(self.from_step, self.to_step, self.every, most)
 
 
-__all__ = ["Owner", "SessionDep", "Thinning", "current_owner", "get_session"]
+@lru_cache
+def render_slots(most: int) -> threading.BoundedSemaphore:
+    """The slots for drawing plots and reports in this process (one semaphore per size)."""
+    return threading.BoundedSemaphore(most)
+
+
+def render_slot() -> Iterator[None]:
+    """A slot to draw in, for a plot or report route: at most MAX_CONCURRENT_RENDERS draw at
+    once, so figures never hold every thread and database connection of the API; a request
+    that waits RENDER_WAIT_S without one is a 503 with Retry-After. A sync generator: FastAPI
+    waits for the slot in the threadpool, not on the event loop."""
+    s = get_settings()
+    slots = render_slots(s.max_concurrent_renders)
+    if not slots.acquire(timeout=s.render_wait_s):
+        raise Problem(
+            503,
+            "Busy drawing",
+            f"{s.max_concurrent_renders} plots or reports are being drawn; try again shortly",
+            "render-busy",
+            headers={"Retry-After": "2"},
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+RenderSlot = Depends(render_slot)
+
+
+__all__ = ["Owner", "RenderSlot", "SessionDep", "Thinning", "current_owner", "get_session"]
