@@ -218,6 +218,92 @@ def ours(experiment_id: str, attempt: int) -> tuple:
     )
 
 
+# --- fair scheduling ------------------------------------------------------------------------
+
+
+def fair_pick(session: Session, hint_id: str, max_running: int) -> str | None:
+    """The queued experiment a worker should run, given the one its message named: among the
+    owners with queued experiments and fewer than `max_running` running, the one with the
+    fewest running, then the one served least recently (its latest start), then the one
+    waiting longest; of that owner, the named experiment when it is theirs and queued, else
+    their oldest queued. None when every owner with queued experiments is at the cap.
+    The queue is the broker's (first in, first out): the message is a bell, and the database
+    decides which row it rings for, so one owner's backlog cannot hold every worker."""
+    t = EXPERIMENTS
+    waiting = (
+        select(t.c.owner, func.min(t.c.created_at).label("oldest"))
+        .where(t.c.status == "queued")
+        .group_by(t.c.owner)
+        .subquery()
+    )
+    r, s_ = t.alias("r"), t.alias("s")
+    running = (
+        select(func.count())
+        .where(r.c.owner == waiting.c.owner, r.c.status == "running")
+        .scalar_subquery()
+    )
+    last_start = select(func.max(s_.c.started_at)).where(s_.c.owner == waiting.c.owner)
+    candidates = session.execute(
+        select(
+            waiting.c.owner,
+            running.label("running"),
+            last_start.scalar_subquery().label("last_start"),
+            waiting.c.oldest,
+        )
+    ).all()
+    open_ = [c for c in candidates if c.running < max_running]
+    if not open_:
+        return None
+    epoch = datetime.min
+    best = min(
+        open_,
+        key=lambda c: (
+            c.running,
+            _naive(c.last_start) if c.last_start else epoch,
+            _naive(c.oldest),
+        ),
+    )
+    hint = session.execute(select(t.c.owner, t.c.status).where(t.c.id == hint_id)).first()
+    if hint is not None and hint.owner == best.owner and hint.status == "queued":
+        return hint_id
+    return session.scalar(
+        select(t.c.id)
+        .where(t.c.owner == best.owner, t.c.status == "queued")
+        .order_by(t.c.created_at, t.c.id)
+        .limit(1)
+    )
+
+
+def _naive(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=None)
+
+
+def lock_claims(session: Session) -> None:
+    """Serialise claims until the transaction ends, so a pick and its claim see every other
+    claim (the per-owner running cap holds under concurrent workers)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
+    else:
+        session.execute(
+            update(EXPERIMENTS).where(EXPERIMENTS.c.id.is_(None)).values(owner=EXPERIMENTS.c.owner)
+        )
+
+
+CLAIM_LOCK = 0x6772_6164  # an advisory lock key of our own
+
+
+def claim_fair(session: Session, hint_id: str, worker: str, max_running: int) -> Experiment | None:
+    """Claim the experiment fair_pick chooses for a message naming `hint_id`. Commits; None
+    when there is nothing to claim (every owner waiting is at its running cap, or nothing is
+    queued)."""
+    lock_claims(session)
+    chosen = fair_pick(session, hint_id, max_running)
+    if chosen is None:
+        session.rollback()
+        return None
+    return claim(session, chosen, worker)
+
+
 def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
     """queued -> running, atomically: of two deliveries of the same message, one wins.
     Commits; None when another claim (or a cancel) came first."""

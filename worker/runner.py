@@ -11,11 +11,13 @@ import traceback
 from typing import Any
 
 import torch
+from sqlalchemy import select
 
 from core import lifecycle
 from core.db import get_sessionmaker
 from core.diagnosis import diagnose
 from core.logs import bound_request_id
+from core.queue import enqueue
 from core.settings import Settings, get_settings
 from core.spec import ExperimentCreate, estimated_memory
 from core.tables import Experiment
@@ -54,16 +56,23 @@ def out_of_memory(
 
 
 def run_experiment(experiment_id: str, settings: Settings | None = None) -> str | None:
-    """Run one queued experiment. Returns its final status, or None when it was not ours to run
-    (already claimed, finished or cancelled: a duplicate delivery is harmless)."""
+    """Run one queued experiment for the message naming `experiment_id`: that one, or the one
+    fair scheduling picks across owners (core.lifecycle.fair_pick). Returns its final status,
+    or None when there was nothing to run (nothing queued, or every waiting owner at
+    MAX_RUNNING_PER_OWNER: a duplicate delivery is harmless)."""
     settings = settings or get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     with get_sessionmaker()() as s:
-        row = lifecycle.claim(s, experiment_id, worker_name(settings))
+        row = lifecycle.claim_fair(
+            s, experiment_id, worker_name(settings), settings.max_running_per_owner
+        )
     if row is None:
-        log.info("experiment %s is not queued; nothing to do", experiment_id)
+        log.info("nothing to run for the message of %s", experiment_id)
         return None
+    if row.id != experiment_id:
+        log.info("the message of %s runs %s (fair share across owners)", experiment_id, row.id)
+    experiment_id = row.id
     # The submitting request's id on every line this run logs: one id from POST to result.
     with bound_request_id(row.request_id):
         log.info(
@@ -75,7 +84,20 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
             "experiment ended",
             extra={"experiment_id": experiment_id, "attempt": row.attempt, "status": status},
         )
-        return status
+    ring_for_waiting(experiment_id)
+    return status
+
+
+def ring_for_waiting(finished_id: str) -> None:
+    """A run's end may free a slot under an owner's running cap: ring once more for a queued
+    experiment, since a message that found every waiting owner at the cap claimed nothing."""
+    try:
+        with get_sessionmaker()() as s:
+            waiting = s.scalar(select(Experiment.id).where(Experiment.status == "queued").limit(1))
+        if waiting is not None:
+            enqueue(waiting)
+    except Exception:  # the reconciler sends what is left queued
+        log.warning("could not ring for the queue after %s", finished_id, exc_info=True)
 
 
 def _run_claimed(row: Experiment, settings: Settings) -> str | None:
