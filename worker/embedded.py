@@ -61,12 +61,8 @@ def start_worker(queue: str) -> subprocess.Popen:
     return subprocess.Popen(worker_command(queue))
 
 
-def main() -> int:
-    settings = get_settings()
-    upgrade()
-    print(f"API key: {local_key()}", flush=True)
-    worker = start_worker(settings.queue_name)
-    api = subprocess.Popen(
+def start_api(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -75,9 +71,17 @@ def main() -> int:
             "--host",
             os.environ.get("HOST", "127.0.0.1"),
             "--port",
-            str(settings.port),
+            str(port),
         ]
     )
+
+
+def main() -> int:
+    settings = get_settings()
+    upgrade()
+    print(f"API key: {local_key()}", flush=True)
+    worker = start_worker(settings.queue_name)
+    api = start_api(settings.port)
     print(f"gradlab: API on http://127.0.0.1:{settings.port}  (Ctrl-C stops)", flush=True)
     stopping = False
 
@@ -90,13 +94,19 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        while api.poll() is None and not stopping:
+        while not stopping:
             if worker.poll() is not None:
                 # A worker that died (killed, or past a hard time limit) is started again; the
                 # reconciler in the new one picks up what the old one left.
                 print(f"gradlab: worker exited ({worker.returncode}); restarting", flush=True)
                 time.sleep(1)
                 worker = start_worker(settings.queue_name)
+            if api.poll() is not None and not stopping:
+                # An API that died (killed for memory, say) is started again the same way: the
+                # database holds everything, so nothing is lost but the requests in flight.
+                print(f"gradlab: API exited ({api.returncode}); restarting", flush=True)
+                time.sleep(1)
+                api = start_api(settings.port)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
