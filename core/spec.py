@@ -363,19 +363,21 @@ def estimated_cost(spec: ExperimentCreate) -> float:
 
 VALIDATION_BATCH = 256  # the held-out batch every validation runs (worker/datasets/base.py)
 # Peak floats a worker holds per (example x time step x unit x layer), fitted to measured peaks
-# with a margin (bench/worker_memory.py; tests/worker/test_memory_estimate.py holds
+# with a margin (bench/worker_memory.py; tests/worker/test_memory_budget.py holds
 # measured <= estimate <= 3 x measured). Training: the activations autograd keeps, their
 # gradients, the temporal adjoint's recomputed gates; per training example. Validation: the
 # held-out batch's forward pass without autograd; per validation example. "loop": layers run
 # as a python loop over time (norm cells, activations with no fused kernel), which keep every
-# step's intermediates. Measured (floats an element, training / validation), fused: rnn
-# 6.4 / 2.8, lstm 13.7 / 2.0, gru 17.1 / 3.9; loop: rnn 13.6 / 3.9, lstm 40.4 / 12.3, gru
-# 33.7 / 8.0.
-TRAIN_FLOATS = {"rnn": 8.0, "lstm": 17.0, "gru": 21.0}
-TRAIN_FLOATS_LOOP = {"rnn": 17.0, "lstm": 50.0, "gru": 42.0}
-VAL_FLOATS = {"rnn": 3.5, "lstm": 3.0, "gru": 5.0}
-VAL_FLOATS_LOOP = {"rnn": 5.0, "lstm": 15.0, "gru": 10.0}
+# step's intermediates. Measured with every instrument on (floats an element, training /
+# validation), fused: rnn 6.5 / 3.7, lstm 14.9 / 1.7, gru 17.1 / 5.8; loop: rnn 15.9 / 12.6,
+# lstm 53.0 / 15.5, gru 34.1 / 20.6; the factors below are about 1.25 times these.
+TRAIN_FLOATS = {"rnn": 8.0, "lstm": 18.5, "gru": 21.0}
+TRAIN_FLOATS_LOOP = {"rnn": 20.0, "lstm": 66.0, "gru": 42.0}
+VAL_FLOATS = {"rnn": 4.6, "lstm": 3.0, "gru": 7.3}
+VAL_FLOATS_LOOP = {"rnn": 15.5, "lstm": 19.5, "gru": 26.0}
 FUSED_ACTIVATIONS = ("tanh", "relu")
+JACOBIAN_BLOCK = 32  # step Jacobians the lyapunov instrument builds at a time
+MAX_LAG = 64  # the longest lag of its conditioning series
 
 
 def estimated_memory(spec: ExperimentCreate) -> int:
@@ -395,6 +397,12 @@ def estimated_memory(spec: ExperimentCreate) -> int:
         + VALIDATION_BATCH * elements * val_floats
         + 6 * weights  # weights, gradients, two optimiser moments, the update ratio's copy
     )
+    state = m.hidden_size * (2 if m.cell == "lstm" else 1)  # the state a step Jacobian maps
+    if "lyapunov" in spec.instrument.on:
+        floats += 3 * JACOBIAN_BLOCK * state**2  # a block of step Jacobians and its products
+    if getattr(t, "flossing", None) is not None:
+        # differentiable exponents: every step's Jacobian kept for the backward pass
+        floats += 2 * seq_len_of(spec.task) * state**2 * m.num_layers
     return int(size * floats)
 
 
@@ -420,11 +428,21 @@ def estimated_trace_bytes(spec: ExperimentCreate) -> int:
         per_instrumented += 2 * layers * gates
     if "saturation" in on:
         per_instrumented += layers * (gates + 1)
-    profile = layers * seq_len_of(spec.task) if "temporal" in on else 0
+    if "gates" in on:
+        per_instrumented += 3 * layers
+    seq = seq_len_of(spec.task)
+    profile = layers * seq if "temporal" in on else 0
+    vectors = (profile + layers) if profile else 0
+    if "credit" in on:  # the input-gradient profile (T values at most) and its ratio
+        per_instrumented += 1
+        vectors += seq
+    total = instrumented_steps(spec) * (16 * per_instrumented + 8 * vectors)
+    if "lyapunov" in on:  # per layer: k exponents and two conditioning vectors over the lags
+        lags = min(seq, MAX_LAG).bit_length()
+        dynamics = -(-instrumented_steps(spec) // spec.instrument.dynamics_every)
+        total += dynamics * layers * (16 * 3 + 8 * (64 + 2 * lags))
     validations = t.steps // spec.instrument.val_every + 1
-    return 16 * (t.steps * per_step + validations * 2) + instrumented_steps(spec) * (
-        16 * per_instrumented + 8 * (profile + layers)
-    )
+    return 16 * (t.steps * per_step + validations * 2) + total
 
 
 MAX_SWEEP_EXPERIMENTS = 200  # grid points x seeds in one sweep

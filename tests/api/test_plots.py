@@ -204,6 +204,7 @@ def test_sweep_report_page(client) -> None:
     assert f'href="/v1/experiments/{ids[0]}/report?key={key}"' in html  # links keep the key
     assert_problem(client.get("/v1/sweeps/missing/report"), 404)
 
+
 def test_a_title_says_the_status_once_when_the_verdict_is_the_same() -> None:
     from types import SimpleNamespace
 
