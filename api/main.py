@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import observability, problems
+from api import guard, observability, problems
 from api.query import QueryCheckMiddleware
 from api.render.ui import STATIC_DIR
 from api.routes import (
@@ -24,7 +24,7 @@ from api.routes import (
     ui,
 )
 from core import logs
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, SweepCreate
 
 
 def add_spec_and_security(app: FastAPI) -> None:
@@ -36,10 +36,11 @@ def add_spec_and_security(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         doc = base_openapi()
-        spec = ExperimentCreate.model_json_schema(ref_template="#/components/schemas/{model}")
         components = doc.setdefault("components", {})
-        components.setdefault("schemas", {}).update(spec.pop("$defs", {}))
-        components["schemas"]["ExperimentCreate"] = spec
+        for model in (ExperimentCreate, SweepCreate):  # bodies read by api.guard.read_json
+            spec = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.setdefault("schemas", {}).update(spec.pop("$defs", {}))
+            components["schemas"][model.__name__] = spec
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         components["schemas"]["Problem"] = problems.PROBLEM_SCHEMA
         components["schemas"].pop("HTTPValidationError", None)
@@ -49,7 +50,9 @@ def add_spec_and_security(app: FastAPI) -> None:
         }
         for path, ops in doc["paths"].items():
             for op in ops.values():
-                codes = ["400", "404", "409", "413", "422", "503"] if path.startswith("/v1") else []
+                codes = ["400", "404", "409", "413", "422", "431", "503"]
+                if not path.startswith("/v1"):
+                    codes = ["400", "413", "431"]
                 if path.startswith("/v1"):
                     op["security"] = [{"bearer": []}]
                     codes += ["401", "429"]
@@ -75,7 +78,8 @@ def create_app() -> FastAPI:
     problems.install(app)
     logs.configure_logging()
     app.add_middleware(QueryCheckMiddleware)
-    app.add_middleware(observability.ObservabilityMiddleware)  # outermost: sees the 422s too
+    app.add_middleware(guard.RequestGuard)  # before the routes and the query check
+    app.add_middleware(observability.ObservabilityMiddleware)  # outermost: sees the 4xx too
     app.include_router(observability.router)
     app.include_router(health.router)
     app.include_router(ingest.router)  # before experiments: POST /v1/experiments/external

@@ -1,6 +1,7 @@
 """Prometheus metrics, request ids and JSON logs.
 
-- `GET /metrics` (no key, like /healthz): `gradlab_http_requests_total{method,route,status}`
+- `GET /metrics` (no key, like /healthz, unless METRICS_KEY is set; totals over every owner,
+  never an owner's name): `gradlab_http_requests_total{method,route,status}`
   and `gradlab_http_request_duration_seconds{method,route}` from a middleware (`route` is the
   route's template, so ids never become labels), and, read from the database at scrape time,
   `gradlab_experiments{status}`, `gradlab_queue_depth` (experiments queued), and
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -20,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,8 +37,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.problems import problem_response
 from core.db import get_read_engine
+from core.errors import Problem
 from core.logs import request_id
+from core.settings import get_settings
 from core.status import STATUSES
 from core.tables import Experiment
 
@@ -121,9 +126,21 @@ router = APIRouter(tags=["health"])
     response_class=Response,
     responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
 )
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
     """Prometheus text exposition: HTTP requests and latency per route, experiments by status,
-    queue depth, training steps per second per worker."""
+    queue depth, training steps per second per worker. Counts over all owners, no owner's
+    names or ids; open like /healthz unless METRICS_KEY is set, then `Bearer <METRICS_KEY>`."""
+    wanted = get_settings().metrics_key
+    if wanted is not None:
+        _, _, given = request.headers.get("authorization", "").partition(" ")
+        if not hmac.compare_digest(given.strip().encode(), wanted.encode()):
+            raise Problem(
+                401,
+                "Unauthorized",
+                "send Authorization: Bearer <METRICS_KEY>",
+                "unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="gradlab-metrics"'},
+            )
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -144,11 +161,13 @@ class ObservabilityMiddleware:
         rid = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)
         status = 500
+        started = False
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
@@ -158,7 +177,17 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                # Answered here rather than by the server error middleware outside this one,
+                # so a 500 carries the request id too, the one on its log line.
+                if started:
+                    raise
+                log.exception("unhandled error")
+                await problem_response(
+                    500, "Internal error", "an error of ours; it has been logged", "internal"
+                )(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -102,6 +103,17 @@ def install(app: FastAPI) -> None:
             "Database unavailable",
             "try again shortly",
             "unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection free: %s", exc)
+        return problem_response(
+            503,
+            "Busy",
+            "no database connection was free in time; try again shortly",
+            "busy",
             headers={"Retry-After": "1"},
         )
 

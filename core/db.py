@@ -8,13 +8,28 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import get_settings
 
+POOL_TIMEOUT_S = 10.0
+
 
 def make_engine(url: str) -> Engine:
+    settings = get_settings()
+    # As many connections as the API's threadpool has threads (40): a thread never waits on
+    # the pool behind others, and a request that still cannot get one in POOL_TIMEOUT_S is a
+    # 503 (api/problems.py), not a hang.
+    pool = dict(
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=POOL_TIMEOUT_S,
+    )
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            **(pool if ":memory:" not in url else {}),
+        )
 
         # WAL lets the API read while the worker writes; busy_timeout rides out short locks.
         @event.listens_for(engine, "connect")
@@ -26,7 +41,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20)
+    return create_engine(url, **pool)
 
 
 @lru_cache

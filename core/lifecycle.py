@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core.errors import Problem
+from core.spec import ExperimentCreate, estimated_memory
 from core.status import ACTIVE, TERMINAL
 from core.tables import Event, Experiment, WebhookDelivery, new_id, utcnow
 from core.traces import delete_earlier_attempts, delete_traces
@@ -124,6 +125,20 @@ def queued_values(
         enqueued_at=now,
         **dict.fromkeys(UNSET_AT_SUBMIT),
     )
+
+
+def lock_owner(conn: Connection | Session, owner: str) -> None:
+    """Serialise the owner's submissions until the transaction ends, so that a cap check and
+    the inserts after it see every other submission of the owner: a transaction-scoped
+    advisory lock on PostgreSQL (READ COMMITTED would let two concurrent checks pass the cap
+    together); on SQLite the database's write lock, taken by a write that changes nothing."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    if bind.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
+    else:
+        conn.execute(
+            update(EXPERIMENTS).where(EXPERIMENTS.c.id.is_(None)).values(owner=EXPERIMENTS.c.owner)
+        )
 
 
 def insert_queued(conn: Connection, values: dict[str, Any], cap: int) -> bool:
@@ -282,6 +297,92 @@ def ours(experiment_id: str, attempt: int) -> tuple:
     )
 
 
+# --- fair scheduling ------------------------------------------------------------------------
+
+
+def fair_pick(session: Session, hint_id: str, max_running: int) -> str | None:
+    """The queued experiment a worker should run, given the one its message named: among the
+    owners with queued experiments and fewer than `max_running` running, the one with the
+    fewest running, then the one served least recently (its latest start), then the one
+    waiting longest; of that owner, the named experiment when it is theirs and queued, else
+    their oldest queued. None when every owner with queued experiments is at the cap.
+    The queue is the broker's (first in, first out): the message is a bell, and the database
+    decides which row it rings for, so one owner's backlog cannot hold every worker."""
+    t = EXPERIMENTS
+    waiting = (
+        select(t.c.owner, func.min(t.c.created_at).label("oldest"))
+        .where(t.c.status == "queued")
+        .group_by(t.c.owner)
+        .subquery()
+    )
+    r, s_ = t.alias("r"), t.alias("s")
+    running = (
+        select(func.count())
+        .where(r.c.owner == waiting.c.owner, r.c.status == "running")
+        .scalar_subquery()
+    )
+    last_start = select(func.max(s_.c.started_at)).where(s_.c.owner == waiting.c.owner)
+    candidates = session.execute(
+        select(
+            waiting.c.owner,
+            running.label("running"),
+            last_start.scalar_subquery().label("last_start"),
+            waiting.c.oldest,
+        )
+    ).all()
+    open_ = [c for c in candidates if c.running < max_running]
+    if not open_:
+        return None
+    epoch = datetime.min
+    best = min(
+        open_,
+        key=lambda c: (
+            c.running,
+            _naive(c.last_start) if c.last_start else epoch,
+            _naive(c.oldest),
+        ),
+    )
+    hint = session.execute(select(t.c.owner, t.c.status).where(t.c.id == hint_id)).first()
+    if hint is not None and hint.owner == best.owner and hint.status == "queued":
+        return hint_id
+    return session.scalar(
+        select(t.c.id)
+        .where(t.c.owner == best.owner, t.c.status == "queued")
+        .order_by(t.c.created_at, t.c.id)
+        .limit(1)
+    )
+
+
+def _naive(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=None)
+
+
+def lock_claims(session: Session) -> None:
+    """Serialise claims until the transaction ends, so a pick and its claim see every other
+    claim (the per-owner running cap holds under concurrent workers)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
+    else:
+        session.execute(
+            update(EXPERIMENTS).where(EXPERIMENTS.c.id.is_(None)).values(owner=EXPERIMENTS.c.owner)
+        )
+
+
+CLAIM_LOCK = 0x6772_6164  # an advisory lock key of our own
+
+
+def claim_fair(session: Session, hint_id: str, worker: str, max_running: int) -> Experiment | None:
+    """Claim the experiment fair_pick chooses for a message naming `hint_id`. Commits; None
+    when there is nothing to claim (every owner waiting is at its running cap, or nothing is
+    queued)."""
+    lock_claims(session)
+    chosen = fair_pick(session, hint_id, max_running)
+    if chosen is None:
+        session.rollback()
+        return None
+    return claim(session, chosen, worker)
+
+
 def claim(session: Session, experiment_id: str, worker: str) -> Experiment | None:
     """queued -> running, atomically: of two deliveries of the same message, one wins.
     Commits; None when another claim (or a cancel) came first."""
@@ -399,16 +500,60 @@ def stale_running(session: Session, cutoff: datetime) -> list[Experiment]:
     )
 
 
+# A worker lost twice at the same step, running a spec whose estimated peak is at least this
+# fraction of MAX_WORKER_MEMORY, was most likely killed for memory (the kernel's OOM killer
+# sends SIGKILL: nothing in the worker can report it): the row fails then, saying so, instead
+# of burning its remaining attempts.
+OOM_SUSPECT_FRACTION = 0.25
+
+
+def lost_for_memory(session: Session, row: Experiment, memory_limit: float) -> str | None:
+    """Why `row`'s lost worker was most likely killed for memory, or None."""
+    try:
+        estimate = estimated_memory(ExperimentCreate.model_validate(row.spec))
+    except ValueError:  # a spec stored before a limit tightened: no estimate, no verdict
+        return None
+    if estimate < OOM_SUSPECT_FRACTION * memory_limit:
+        return None
+    before = session.scalar(
+        select(func.count()).where(
+            Event.experiment_id == row.id,
+            Event.kind == "worker_lost",
+            Event.attempt < row.attempt,
+            Event.step == row.progress_step,
+        )
+    )
+    if not before:
+        return None
+    return (
+        f"the worker was lost at step {row.progress_step} on {before + 1} attempts, with an "
+        f"estimated peak memory of {estimate / 2**30:.3g} GiB against MAX_WORKER_MEMORY "
+        f"{memory_limit / 2**30:.3g} GiB: most likely killed for memory; lower "
+        "train.batch_size, task.seq_len, model.hidden_size or model.num_layers"
+    )
+
+
 def settle_stale(
-    session: Session, row: Experiment, cutoff: datetime, max_attempts: int, stale_after_s: float
+    session: Session,
+    row: Experiment,
+    cutoff: datetime,
+    max_attempts: int,
+    stale_after_s: float,
+    memory_limit: float = math.inf,
 ) -> bool:
     """A stale running row goes back to `queued`, or to `cancelled` when a cancel was asked,
-    or to `failed` once its attempts are spent (an external run at once: `client_lost`); with
-    its `worker_lost` (or `client_lost`) event and `finished` delivery. False when the row
-    moved meanwhile (nothing written)."""
+    or to `failed` once its attempts are spent, when it was lost for memory (see
+    lost_for_memory), or at once for an external run (`client_lost`); with its `worker_lost`
+    (or `client_lost`) event and `finished` delivery. False when the row moved meanwhile
+    (nothing written)."""
     now = utcnow()
     detail: dict[str, Any] = {"worker": row.worker, "attempt": row.attempt}
     values: dict[str, Any]
+    memory = (
+        None
+        if row.cancel_requested or row.source == "external"
+        else lost_for_memory(session, row, memory_limit)
+    )
     if row.cancel_requested:
         values = {"status": "cancelled", "finished_at": now}
     elif row.source == "external":  # a user's own loop: nothing here can run it again
@@ -421,6 +566,12 @@ def settle_stale(
                 "external run is not re-run",
                 **detail,
             },
+        }
+    elif memory is not None:
+        values = {
+            "status": "failed",
+            "finished_at": now,
+            "error": {"type": "out_of_memory", "message": memory, **detail},
         }
     elif row.attempt >= max_attempts:
         values = {

@@ -423,6 +423,9 @@ class ExperimentUpdate(Strict):
         return tags
 
 
+GATE_BLOCKS = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
 def seq_len_of(task: AddingTask | CopyTask | DigitsTask) -> int:
     """Length of the input sequence the network reads (built-in tasks)."""
     if task.name == "adding":
@@ -437,11 +440,95 @@ def estimated_cost(spec: ExperimentCreate, dataset: TaskShape | None = None) -> 
     """steps x batch x T x gate blocks x hidden x (hidden x layers + F): the recurrent
     multiply-adds plus the first layer's input projection (which an upload with many features
     makes dominant). `dataset`: the uploaded dataset's shape, for task `dataset`."""
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[spec.model.cell]
+    gates = GATE_BLOCKS[spec.model.cell]
     m, t = spec.model, spec.train
     shape = task_shape(spec.task, dataset)
     per_step = m.hidden_size * (m.hidden_size * m.num_layers + shape.features)
     return float(t.steps * t.batch_size * shape.seq_len) * gates * per_step
+
+
+VALIDATION_BATCH = 256  # the held-out batch every validation runs (worker/datasets/base.py)
+# Peak floats a worker holds per (example x time step x unit x layer), fitted to measured peaks
+# with a margin (bench/worker_memory.py; tests/worker/test_memory_budget.py holds
+# measured <= estimate <= 3 x measured). Training: the activations autograd keeps, their
+# gradients, the temporal adjoint's recomputed gates; per training example. Validation: the
+# held-out batch's forward pass without autograd; per validation example. "loop": layers run
+# as a python loop over time (norm cells, activations with no fused kernel), which keep every
+# step's intermediates. Measured with every instrument on (floats an element, training /
+# validation), fused: rnn 6.5 / 3.7, lstm 14.9 / 1.7, gru 17.1 / 5.8; loop: rnn 15.9 / 12.6,
+# lstm 53.0 / 15.5, gru 34.1 / 20.6; the factors below are about 1.25 times these.
+TRAIN_FLOATS = {"rnn": 8.0, "lstm": 18.5, "gru": 21.0}
+TRAIN_FLOATS_LOOP = {"rnn": 20.0, "lstm": 66.0, "gru": 42.0}
+VAL_FLOATS = {"rnn": 4.6, "lstm": 3.0, "gru": 7.3}
+VAL_FLOATS_LOOP = {"rnn": 15.5, "lstm": 19.5, "gru": 26.0}
+FUSED_ACTIVATIONS = ("tanh", "relu")
+JACOBIAN_BLOCK = 32  # step Jacobians the lyapunov instrument builds at a time
+MAX_LAG = 64  # the longest lag of its conditioning series
+
+
+def estimated_memory(spec: ExperimentCreate, dataset: TaskShape | None = None) -> int:
+    """Peak bytes a worker needs for `spec` beyond the interpreter and torch themselves: the
+    training batch's activations and gradients (batch x T x hidden x layers, a factor per
+    cell), the instruments' buffers and the adjoint, the validation batch, and the weights
+    with their gradients and optimiser state."""
+    m, t = spec.model, spec.train
+    size = 8 if t.dtype == "float64" else 4
+    looped = m.norm != "none" or (m.cell == "rnn" and m.activation not in FUSED_ACTIVATIONS)
+    train_floats = (TRAIN_FLOATS_LOOP if looped else TRAIN_FLOATS)[m.cell]
+    val_floats = (VAL_FLOATS_LOOP if looped else VAL_FLOATS)[m.cell]
+    elements = task_shape(spec.task, dataset).seq_len * m.hidden_size * m.num_layers  # per example
+    weights = GATE_BLOCKS[m.cell] * m.hidden_size * (2 * m.hidden_size + 2) * m.num_layers
+    floats = (
+        t.batch_size * elements * train_floats
+        + VALIDATION_BATCH * elements * val_floats
+        + 6 * weights  # weights, gradients, two optimiser moments, the update ratio's copy
+    )
+    state = m.hidden_size * (2 if m.cell == "lstm" else 1)  # the state a step Jacobian maps
+    if "lyapunov" in spec.instrument.on:
+        floats += 3 * JACOBIAN_BLOCK * state**2  # a block of step Jacobians and its products
+    if getattr(t, "flossing", None) is not None:
+        # differentiable exponents: every step's Jacobian kept for the backward pass
+        floats += 2 * task_shape(spec.task, dataset).seq_len * state**2 * m.num_layers
+    return int(size * floats)
+
+
+def instrumented_steps(spec: ExperimentCreate) -> int:
+    """Steps at which the instruments record: every `instrument.every`-th, and the last."""
+    return -(-spec.train.steps // spec.instrument.every) + 1
+
+
+def estimated_trace_bytes(spec: ExperimentCreate, dataset: TaskShape | None = None) -> int:
+    """Bytes of stored series a run writes (8 for a step, 8 a value): loss (and accuracy) and
+    the clipping flag at every step; at every instrumented step the learning rate, the global
+    and per-parameter gradient norms, the update ratios and weight norms, the spectrum and
+    saturation per layer and gate block, and the temporal profile (T values per layer); the
+    validation loss and accuracy."""
+    m, t = spec.model, spec.train
+    layers, gates, on = m.num_layers, GATE_BLOCKS[m.cell], spec.instrument.on
+    parameters = 4 * layers + 2 + (4 * layers if m.norm != "none" else 0)
+    per_step = 3  # loss, accuracy, clip/fired
+    per_instrumented = 3 + parameters  # lr, grad_norm_total, clip/after, grad/<param>
+    if "update_ratio" in on:
+        per_instrumented += 2 * parameters
+    if "spectrum" in on:
+        per_instrumented += 2 * layers * gates
+    if "saturation" in on:
+        per_instrumented += layers * (gates + 1)
+    if "gates" in on:
+        per_instrumented += 3 * layers
+    seq = task_shape(spec.task, dataset).seq_len
+    profile = layers * seq if "temporal" in on else 0
+    vectors = (profile + layers) if profile else 0
+    if "credit" in on:  # the input-gradient profile (T values at most) and its ratio
+        per_instrumented += 1
+        vectors += seq
+    total = instrumented_steps(spec) * (16 * per_instrumented + 8 * vectors)
+    if "lyapunov" in on:  # per layer: k exponents and two conditioning vectors over the lags
+        lags = min(seq, MAX_LAG).bit_length()
+        dynamics = -(-instrumented_steps(spec) // spec.instrument.dynamics_every)
+        total += dynamics * layers * (16 * 3 + 8 * (64 + 2 * lags))
+    validations = t.steps // spec.instrument.val_every + 1
+    return 16 * (t.steps * per_step + validations * 2) + total
 
 
 MAX_SWEEP_EXPERIMENTS = 200  # grid points x seeds in one sweep

@@ -8,20 +8,18 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
+from core.budgets import Limits, check_budgets
 from core.errors import Problem, field_error, field_errors, invalid_field
 from core.presets import PRESETS
-from core.spec import (
-    MAX_SWEEP_EXPERIMENTS,
-    ExperimentCreate,
-    SweepCreate,
-    TaskShape,
-    estimated_cost,
-)
+from core.spec import MAX_SWEEP_EXPERIMENTS, ExperimentCreate, SweepCreate, TaskShape
 from core.status import TERMINAL
 
 VARIANT = "variant"
+MAX_LABEL_LEN = 200
+MAX_SWEEP_STORED_BYTES = 4 * 2**20  # the specs and grid values of every experiment of a sweep
 
 
 def deep_merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
@@ -81,16 +79,32 @@ def resolve(req: SweepCreate) -> SweepCreate:
 
 def expand(
     req: SweepCreate,
-    max_cost: float,
+    limits: Limits | float,
     shape_of: Callable[[ExperimentCreate], TaskShape | None] = lambda spec: None,
 ) -> list[tuple[dict[str, Any], ExperimentCreate]]:
-    """Every grid point x seed as (params, validated spec). The first invalid point is a 422
-    naming it; nothing is queued. `shape_of` gives an uploaded dataset's shape (and refuses a
-    missing one) for the cost estimate."""
+    """Every grid point x seed as (params, validated spec), each within `limits` (a bare
+    number: the compute budget only). The first invalid point is a 422 naming it; nothing is
+    queued. `shape_of` gives an uploaded dataset's shape (and refuses a missing one) for the
+    estimates."""
+    if not isinstance(limits, Limits):
+        limits = Limits(max_cost=limits)
+    if "seed" in req.grid:  # set_path would write it, then the seed loop overwrite it
+        raise invalid_field(
+            "seeds are not a grid factor: give them as `seeds` (each grid point runs once a seed)",
+            "grid.seed",
+            "use `seeds`",
+            "value",
+            title="Invalid grid",
+        )
     for path, levels in req.grid.items():
-        if path == VARIANT and not all(isinstance(v, dict) and "label" in v for v in levels):
+        if path == VARIANT and not all(
+            isinstance(v, dict)
+            and isinstance(v.get("label"), str)
+            and 1 <= len(v["label"]) <= MAX_LABEL_LEN
+            for v in levels
+        ):
             raise invalid_field(
-                "every `variant` is an object with a `label`",
+                f"every `variant` is an object with a `label` of 1 to {MAX_LABEL_LEN} characters",
                 "grid.variant",
                 "objects with a label",
                 "value",
@@ -110,6 +124,7 @@ def expand(
             errors=[field_error("grid", "too many points", "limit")],
         )
     out = []
+    stored = 0
     for combo in itertools.product(*(req.grid[p] for p in paths)):
         params = {p: level_label(p, v) for p, v in zip(paths, combo, strict=True)}
         for seed in seeds:
@@ -134,20 +149,22 @@ def expand(
                     errors=errors,
                 ) from exc
             try:
-                cost = estimated_cost(spec, shape_of(spec))
+                shape = shape_of(spec)
             except Problem as exc:
                 exc.extra["point"] = params
                 raise
-            if cost > max_cost:
-                raise Problem(
-                    422,
-                    "Over the compute budget",
-                    f"the point {params} costs {cost:.3g}, over {max_cost:.3g}",
-                    "budget",
-                    point=params,
-                    errors=[field_error("grid", "over budget", "budget")],
-                )
+            check_budgets(spec, limits, params, shape)
             out.append((params, spec))
+            stored += len(orjson.dumps(spec.model_dump(mode="json"))) + len(orjson.dumps(params))
+    if stored > MAX_SWEEP_STORED_BYTES:
+        raise Problem(
+            422,
+            "Sweep too large",
+            f"the expanded sweep would store {stored} bytes of specs, over "
+            f"{MAX_SWEEP_STORED_BYTES}",
+            "sweep-too-large",
+            errors=[field_error("grid", "too large once expanded", "limit")],
+        )
     return out
 
 

@@ -6,9 +6,13 @@ T for a temporal profile). Writing takes the worker's numpy arrays as they are (
 here: `ndarray.astype` does the packing); reading uses the standard library only, since the API
 has no numpy."""
 
+import math
+import struct
 import sys
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, exists, select
@@ -113,31 +117,6 @@ def _of_attempt(row: Any) -> tuple:
     return (SeriesChunk.experiment_id == row.id, SeriesChunk.attempt == row.attempt)
 
 
-def load_series(session: Session, row: Any, names: Iterable[str]) -> dict[str, list[SeriesChunk]]:
-    """The chunks of each named series of `row`'s current attempt ([] for a series not there)."""
-    names = list(names)
-    chunks = session.scalars(
-        select(SeriesChunk).where(*_of_attempt(row), SeriesChunk.name.in_(names))
-    )
-    out: dict[str, list[SeriesChunk]] = {n: [] for n in names}
-    for c in chunks:
-        out[c.name].append(c)
-    return out
-
-
-def load_prefixed(session: Session, row: Any, prefix: str) -> dict[str, list[SeriesChunk]]:
-    """The chunks of every series of `row`'s current attempt whose name starts with `prefix`."""
-    chunks = session.scalars(
-        select(SeriesChunk).where(
-            *_of_attempt(row), SeriesChunk.name.startswith(prefix, autoescape=True)
-        )
-    )
-    out: dict[str, list[SeriesChunk]] = {}
-    for c in chunks:
-        out.setdefault(c.name, []).append(c)
-    return out
-
-
 def iter_scalar_chunks(
     session: Session, experiment_id: str, attempt: int, prefix: str | None
 ) -> Iterator[SeriesChunk]:
@@ -154,21 +133,26 @@ def iter_scalar_chunks(
 
 
 def chunks_after(
-    session: Session, experiment_id: str, attempt: int, names: Iterable[str], after_id: int
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    names: Iterable[str],
+    after_id: int,
+    limit: int | None = None,
 ) -> list[SeriesChunk]:
-    """Chunks of the named series stored after chunk `after_id`, in the order they were stored."""
-    return list(
-        session.scalars(
-            select(SeriesChunk)
-            .where(
-                SeriesChunk.experiment_id == experiment_id,
-                SeriesChunk.attempt == attempt,
-                SeriesChunk.name.in_(list(names)),
-                SeriesChunk.id > after_id,
-            )
-            .order_by(SeriesChunk.id)
+    """Chunks of the named series stored after chunk `after_id`, in the order they were stored
+    (the first `limit` of them)."""
+    q = (
+        select(SeriesChunk)
+        .where(
+            SeriesChunk.experiment_id == experiment_id,
+            SeriesChunk.attempt == attempt,
+            SeriesChunk.name.in_(list(names)),
+            SeriesChunk.id > after_id,
         )
+        .order_by(SeriesChunk.id)
     )
+    return list(session.scalars(q if limit is None else q.limit(limit)))
 
 
 def unpack(chunk: SeriesChunk) -> tuple[list[int], list[list[float]]]:
@@ -179,7 +163,8 @@ def unpack(chunk: SeriesChunk) -> tuple[list[int], list[list[float]]]:
 
 
 def concat(chunks: list[SeriesChunk]) -> tuple[list[int], list[float]]:
-    """A scalar series (width 1) from its chunks, in step order."""
+    """A scalar series (width 1) from the chunks given (a few: read_series is the bounded
+    reader of a whole series), in step order."""
     steps: list[int] = []
     values: list[float] = []
     for c in sorted(chunks, key=lambda c: c.first_step):
@@ -188,12 +173,145 @@ def concat(chunks: list[SeriesChunk]) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def rows(chunks: list[SeriesChunk]) -> tuple[list[int], list[list[float]]]:
-    """A vector series (one row of `width` values per step) from its chunks, in step order."""
-    steps: list[int] = []
-    values: list[list[float]] = []
-    for c in sorted(chunks, key=lambda c: c.first_step):
-        s, v = unpack(c)
-        steps.extend(s)
-        values.extend(v)
-    return steps, values
+# --- bounded reads: thin before unpacking -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which points of a series an answer keeps: a step range, then every k-th point, then at
+    most `max_points` evenly spaced (the range's first and last point kept)."""
+
+    from_step: int | None = None
+    to_step: int | None = None
+    every: int = 1
+    max_points: int | None = None
+
+    def pick(self, steps: Sequence[int]) -> Sequence[int]:
+        """Indices into `steps` (ascending) to keep: a range, no list of every step."""
+        lo = 0 if self.from_step is None else bisect_left(steps, self.from_step)
+        hi = len(steps) if self.to_step is None else bisect_right(steps, self.to_step)
+        kept = range(lo, max(lo, hi), self.every)
+        if self.max_points is not None and len(kept) > self.max_points:
+            n, most = len(kept), self.max_points
+            if most == 1:
+                return kept[:1]
+            return [kept[p] for p in sorted({round(k * (n - 1) / (most - 1)) for k in range(most)})]
+        return kept
+
+
+Picker = Callable[[Sequence[int]], Sequence[int]]
+
+
+def at_steps(wanted: Iterable[int]) -> Picker:
+    """A picker of the points at the given steps (those of them the series has)."""
+    wanted = sorted(set(wanted))
+
+    def pick(steps: Sequence[int]) -> Sequence[int]:
+        out = []
+        for s in wanted:
+            i = bisect_left(steps, s)
+            if i < len(steps) and steps[i] == s:
+                out.append(i)
+        return out
+
+    return pick
+
+
+@dataclass
+class _Layout:
+    """A series' chunks without their values: ids, steps (one array), where each chunk starts."""
+
+    width: int
+    ids: list[int]
+    starts: list[int]  # index of each chunk's first step in `steps`
+    steps: array
+
+
+def _layouts(session: Session, row: Any, where: Any) -> dict[str, _Layout]:
+    q = (
+        select(SeriesChunk.id, SeriesChunk.name, SeriesChunk.width, SeriesChunk.steps)
+        .where(*_of_attempt(row), where)
+        .order_by(SeriesChunk.name, SeriesChunk.first_step)
+    )
+    out: dict[str, _Layout] = {}
+    for chunk_id, name, width, steps in session.execute(q.execution_options(yield_per=500)):
+        lay = out.setdefault(name, _Layout(width, [], [], array("q")))
+        lay.ids.append(chunk_id)
+        lay.starts.append(len(lay.steps))
+        lay.steps.extend(_unpack("q", steps))
+    return out
+
+
+def decode_rows(raw: bytes, width: int, indices: Iterable[int]) -> list[Any]:
+    """Only the rows asked for of a chunk's values: a float each (width 1) or a list of
+    `width` floats; the rest of the chunk is never unpacked."""
+    if width == 1:
+        return [struct.unpack_from("<d", raw, i * 8)[0] for i in indices]
+    row_format = f"<{width}d"
+    return [list(struct.unpack_from(row_format, raw, i * 8 * width)) for i in indices]
+
+
+VALUES_BATCH = 64  # chunks whose values are fetched in one query
+
+
+def read_series(
+    session: Session,
+    row: Any,
+    *,
+    names: Iterable[str] | None = None,
+    prefix: str | None = None,
+    pick: Picker | dict[str, Picker] = Window().pick,
+    max_values: int | None = None,
+) -> dict[str, tuple[list[int], list[Any]]]:
+    """The named series (or those starting with `prefix`) of `row`'s current attempt, each as
+    (steps, values) with only the points `pick` keeps (a picker per series name, or one for
+    all). Bounded: the steps are read first (8 bytes a point), then the values of the chunks
+    holding kept points only, a batch at a time, and of those only the kept rows are decoded.
+    `max_values`: past this many values in all (a vector row is `width` values), every
+    series keeps an evenly spaced share of its points. A series with no chunks is absent."""
+    if names is not None:
+        where = SeriesChunk.name.in_(list(names))
+    else:
+        where = SeriesChunk.name.startswith(prefix or "", autoescape=True)
+    layouts = _layouts(session, row, where)
+    kept: dict[str, Sequence[int]] = {}
+    for name, lay in layouts.items():
+        chooser = pick.get(name, Window().pick) if isinstance(pick, dict) else pick
+        kept[name] = chooser(lay.steps)
+    total = sum(len(k) * layouts[n].width for n, k in kept.items())
+    if max_values is not None and total > max_values:
+        stride = math.ceil(total / max_values)
+        kept = {n: list(k)[::stride] for n, k in kept.items()}
+    # which rows of which chunk: chunk id -> (name, [row within the chunk])
+    wanted: dict[int, tuple[str, list[int]]] = {}
+    for name, indices in kept.items():
+        lay = layouts[name]
+        for i in indices:
+            c = bisect_right(lay.starts, i) - 1
+            wanted.setdefault(lay.ids[c], (name, []))[1].append(i - lay.starts[c])
+    values: dict[str, dict[int, list[Any]]] = {n: {} for n in layouts}
+    ids = list(wanted)
+    for b in range(0, len(ids), VALUES_BATCH):
+        batch = ids[b : b + VALUES_BATCH]
+        for chunk_id, raw in session.execute(
+            select(SeriesChunk.id, SeriesChunk.values).where(SeriesChunk.id.in_(batch))
+        ):
+            name, rows_of = wanted[chunk_id]
+            values[name][chunk_id] = decode_rows(raw, layouts[name].width, rows_of)
+    out: dict[str, tuple[list[int], list[Any]]] = {}
+    for name, lay in layouts.items():
+        out_values: list[Any] = []
+        for chunk_id in lay.ids:
+            out_values.extend(values[name].get(chunk_id, ()))
+        out[name] = ([lay.steps[i] for i in kept[name]], out_values)
+    return out
+
+
+def series_mean(session: Session, row: Any, name: str) -> float | None:
+    """The mean of a scalar series over every point, a chunk at a time (never whole)."""
+    total, n = 0.0, 0
+    q = select(SeriesChunk.values).where(*_of_attempt(row), SeriesChunk.name == name)
+    for (raw,) in session.execute(q.execution_options(yield_per=50)):
+        vals = _unpack("d", raw)
+        total, n = total + sum(vals), n + len(vals)
+    return total / n if n else None

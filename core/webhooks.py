@@ -39,11 +39,47 @@ _lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: bits 48-63 and 72-87
+TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address carries and that a gateway may connect to: mapped
+    (::ffff:a.b.c.d), translated (::ffff:0:a.b.c.d), compatible (::a.b.c.d), NAT64, 6to4
+    (2002:aabb:ccdd::) and Teredo (server and client)."""
+    packed = ip.packed
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if packed[:8] == bytes(8) and packed[8:12] in (b"\xff\xff\x00\x00", bytes(4)):
+        out.append(ipaddress.IPv4Address(packed[12:]))  # translated, or compatible
+    if ip in NAT64:
+        out.append(ipaddress.IPv4Address(packed[12:]))
+    if ip in NAT64_LOCAL:
+        out.append(ipaddress.IPv4Address(packed[6:8] + packed[9:11]))
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip in TEREDO and ip.teredo is not None:
+        out.extend(ip.teredo)
+    return out
+
+
 def _refused_ip(ip: Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-    # is_global is False for loopback, private, link-local, shared (100.64/10), reserved and
-    # unspecified; multicast has its own flag.
+    """Loopback, private, link-local, shared (100.64/10), reserved, unspecified or multicast,
+    as itself or as any IPv4 address it embeds (a NAT64 or 6to4 gateway would connect to
+    that one). The IPv4-compatible and -translated forms are refused outright (deprecated;
+    nothing public is reached that way), and so is Teredo, a tunnel to any IPv4 address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        packed = ip.packed
+        if ip in TEREDO or (
+            packed[:8] == bytes(8)
+            and packed[8:10] in (b"\xff\xff", bytes(2))
+            and ip.ipv4_mapped is None
+        ):
+            return True
+        if any(_refused_ip(v4) for v4 in embedded_ipv4(ip)):
+            return True
     return not ip.is_global or ip.is_multicast
 
 

@@ -116,9 +116,11 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
 
 
 def clear_caches() -> None:
-    from api.auth import key_cache
+    from api.auth import key_cache, limiter, miss_limiter
 
     key_cache.clear()
+    limiter.clear()
+    miss_limiter.clear()
     for cached in (
         settings_mod.get_settings,
         db.get_sessionmaker,

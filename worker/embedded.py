@@ -90,13 +90,8 @@ def wait_until_up(port: int, api: subprocess.Popen, timeout_s: float = 60) -> bo
     return False
 
 
-def main() -> int:
-    settings = get_settings()
-    upgrade()
-    local_key()
-    key_file = os.environ.get("API_KEY_FILE", "data/api_key")
-    worker = start_worker(settings.queue_name)
-    api = subprocess.Popen(
+def start_api(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -105,11 +100,20 @@ def main() -> int:
             "--host",
             os.environ.get("HOST", "127.0.0.1"),
             "--port",
-            str(settings.port),
+            str(port),
             # The service writes its own JSON request log (path, never the query string).
             "--no-access-log",
         ]
     )
+
+
+def main() -> int:
+    settings = get_settings()
+    upgrade()
+    local_key()
+    key_file = os.environ.get("API_KEY_FILE", "data/api_key")
+    worker = start_worker(settings.queue_name)
+    api = start_api(settings.port)
     if wait_until_up(settings.port, api):
         print(where_to_go(settings.port, key_file), flush=True)
     stopping = False
@@ -123,13 +127,19 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        while api.poll() is None and not stopping:
+        while not stopping:
             if worker.poll() is not None:
                 # A worker that died (killed, or past a hard time limit) is started again; the
                 # reconciler in the new one picks up what the old one left.
                 print(f"gradlab: worker exited ({worker.returncode}); restarting", flush=True)
                 time.sleep(1)
                 worker = start_worker(settings.queue_name)
+            if api.poll() is not None and not stopping:
+                # An API that died (killed for memory, say) is started again the same way: the
+                # database holds everything, so nothing is lost but the requests in flight.
+                print(f"gradlab: API exited ({api.returncode}); restarting", flush=True)
+                time.sleep(1)
+                api = start_api(settings.port)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -38,7 +38,12 @@ def reconcile(
     with sessions() as s:
         for row in lifecycle.stale_running(s, cutoff):
             if not lifecycle.settle_stale(
-                s, row, cutoff, settings.max_attempts, settings.stale_after_s
+                s,
+                row,
+                cutoff,
+                settings.max_attempts,
+                settings.stale_after_s,
+                settings.max_worker_memory,
             ):
                 continue
             if row.status == "failed":

@@ -8,15 +8,18 @@ import os
 import socket
 import time
 import traceback
+from typing import Any
 
 import torch
+from sqlalchemy import select
 
 from core import lifecycle
 from core.db import get_sessionmaker
 from core.diagnosis import diagnose
 from core.logs import bound_request_id
+from core.queue import enqueue
 from core.settings import Settings, get_settings
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, estimated_memory
 from core.tables import Experiment
 from worker.datasets import uploaded
 from worker.heartbeat import Heartbeat
@@ -31,17 +34,46 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
+def out_of_memory(
+    exc: BaseException, spec: ExperimentCreate, settings: Settings
+) -> dict[str, Any] | None:
+    """The row's error when `exc` is an allocation that failed (MemoryError, torch's
+    OutOfMemoryError, or the CPU allocator's RuntimeError), else None. Recorded as a final
+    failure: the same spec on the same worker would fail the same way on every attempt."""
+    text = str(exc)
+    if not (
+        isinstance(exc, MemoryError | torch.OutOfMemoryError)
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+    ):
+        return None
+    return {
+        "type": "out_of_memory",
+        "exception": type(exc).__name__,
+        "message": f"out of memory: {text[:500]}; the estimated peak for this spec is "
+        f"{estimated_memory(spec) / 2**30:.3g} GiB, MAX_WORKER_MEMORY "
+        f"{settings.max_worker_memory / 2**30:.3g} GiB",
+    }
+
+
 def run_experiment(experiment_id: str, settings: Settings | None = None) -> str | None:
-    """Run one queued experiment. Returns its final status, or None when it was not ours to run
-    (already claimed, finished or cancelled: a duplicate delivery is harmless)."""
+    """Run one queued experiment for the message naming `experiment_id`: that one, or the one
+    fair scheduling picks across owners (core.lifecycle.fair_pick). Returns its final status,
+    or None when there was nothing to run (nothing queued, or every waiting owner at
+    MAX_RUNNING_PER_OWNER: a duplicate delivery is harmless)."""
     settings = settings or get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     with get_sessionmaker()() as s:
-        row = lifecycle.claim(s, experiment_id, worker_name(settings))
+        row = lifecycle.claim_fair(
+            s, experiment_id, worker_name(settings), settings.max_running_per_owner
+        )
     if row is None:
-        log.info("experiment %s is not queued; nothing to do", experiment_id)
+        log.info("nothing to run for the message of %s", experiment_id)
         return None
+    if row.id != experiment_id:
+        log.info("the message of %s runs %s (fair share across owners)", experiment_id, row.id)
+    experiment_id = row.id
     # The submitting request's id on every line this run logs: one id from POST to result.
     with bound_request_id(row.request_id):
         log.info(
@@ -53,7 +85,20 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
             "experiment ended",
             extra={"experiment_id": experiment_id, "attempt": row.attempt, "status": status},
         )
-        return status
+    ring_for_waiting(experiment_id)
+    return status
+
+
+def ring_for_waiting(finished_id: str) -> None:
+    """A run's end may free a slot under an owner's running cap: ring once more for a queued
+    experiment, since a message that found every waiting owner at the cap claimed nothing."""
+    try:
+        with get_sessionmaker()() as s:
+            waiting = s.scalar(select(Experiment.id).where(Experiment.status == "queued").limit(1))
+        if waiting is not None:
+            enqueue(waiting)
+    except Exception:  # the reconciler sends what is left queued
+        log.warning("could not ring for the queue after %s", finished_id, exc_info=True)
 
 
 def _run_claimed(row: Experiment, settings: Settings) -> str | None:
@@ -109,7 +154,7 @@ def _run_claimed(row: Experiment, settings: Settings) -> str | None:
         error = {"type": "dataset_unavailable", "message": str(exc)}
     except Exception as exc:  # ours or torch's: recorded on the row, the worker keeps serving
         log.exception("experiment %s failed", experiment_id)
-        error = {
+        error = out_of_memory(exc, spec, settings) or {
             "type": "training_error",
             "exception": type(exc).__name__,
             "message": str(exc)[:2000],

@@ -22,6 +22,8 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,7 +37,7 @@ from core.db import get_sessionmaker
 from core.keyfile import write_private
 from core.loops import LoopThread
 from core.settings import Settings, get_settings
-from core.tables import WebhookDelivery, utcnow
+from core.tables import Experiment, WebhookDelivery, utcnow
 from core.webhooks import Resolver, resolve_url
 
 log = logging.getLogger("gradlab.webhooks")
@@ -46,7 +48,7 @@ EVENT = "X-Gradlab-Event"
 DELIVERY = "X-Gradlab-Delivery"
 USER_AGENT = "gradlab-webhooks/1"
 MAX_LOG = 50  # attempts kept on a row; WEBHOOK_MAX_ATTEMPTS is at most 30
-BATCH = 20  # attempts per round; rows are claimed one at a time, each just before its send
+BATCH = 20  # rows claim_due claims when not told how many
 MIN_SECRET = 16  # bytes
 
 
@@ -114,27 +116,42 @@ def fail_spent(sessions: sessionmaker[Session], settings: Settings) -> None:
 
 
 def claim_due(
-    sessions: sessionmaker[Session], settings: Settings, limit: int | None = None
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    limit: int | None = None,
+    per_owner: int | None = None,
 ) -> list[Claimed]:
     """Due pending rows with attempts left, each claimed by one dispatcher: its attempt
-    counted, its lease set."""
+    counted, its lease set. With `per_owner`: at most that many of one owner's, so one
+    owner's backlog leaves room for the others' in the same round, and one of an
+    experiment's, so its deliveries go out in order."""
     now = utcnow()
     lease = now + timedelta(seconds=2 * settings.webhook_timeout_s + 30)
     t = WebhookDelivery
     out: list[Claimed] = []
+    taken: Counter[str] = Counter()
+    experiments: set[str] = set()
+    most = limit or BATCH
     with sessions() as s:
         due = s.execute(
-            select(t.id, t.attempts, t.event, t.url, t.payload)
+            select(t.id, t.attempts, t.event, t.url, t.payload, t.experiment_id, Experiment.owner)
+            .join(Experiment, Experiment.id == t.experiment_id)
             .where(
                 t.status == "pending",
                 t.next_attempt_at <= now,
                 t.attempts < settings.webhook_max_attempts,
             )
             .order_by(t.next_attempt_at)
-            .limit(limit or BATCH)
-            .with_for_update(skip_locked=True)
+            .limit(most * 4 if per_owner else most)
+            .with_for_update(skip_locked=True, of=t)
         ).all()
         for d in due:
+            if len(out) >= most:
+                break
+            if per_owner is not None and (
+                taken[d.owner] >= per_owner or d.experiment_id in experiments
+            ):
+                continue  # and one of an experiment's at a time: they arrive in order
             # The guard makes the claim safe without row locks too (SQLite): of two
             # dispatchers that read the same row, one update matches.
             res = s.execute(
@@ -143,6 +160,8 @@ def claim_due(
                 .values(attempts=d.attempts + 1, next_attempt_at=lease)
             )
             if res.rowcount == 1:
+                taken[d.owner] += 1
+                experiments.add(d.experiment_id)
                 out.append(Claimed(d.id, d.attempts + 1, d.event, d.url, d.payload))
         s.commit()
     return out
@@ -310,33 +329,45 @@ def dispatch_due(
     settings: Settings | None = None,
     resolve: Resolver | None = None,
 ) -> int:
-    """One round: up to BATCH due deliveries, each claimed just before it is sent, so no
-    claimed row waits behind others while its lease runs out. Returns the attempts made."""
+    """One round: up to WEBHOOK_CONCURRENCY due deliveries, at most WEBHOOK_PER_OWNER of one
+    owner's, sent at once (each claimed just before the round's sends, its outcome recorded as
+    it comes); the round ends when its slowest send does, at most WEBHOOK_TIMEOUT_S. So a
+    receiver that never answers delays another owner's delivery by one timeout at most.
+    Returns the attempts made."""
     sessions = sessions or get_sessionmaker()
     settings = settings or get_settings()
     # Before claiming: with no usable secret nothing is claimed, so no attempt is used up.
     secret = signing_secret(settings)
     fail_spent(sessions, settings)
-    made = 0
-    for _ in range(BATCH):
-        claimed = claim_due(sessions, settings, limit=1)
-        if not claimed:
-            break
-        (c,) = claimed
-        made += 1
-        try:  # one row's trouble is not the next row's: its lease runs out, it goes again
-            t0 = time.perf_counter()
-            code, error = send(c, settings, secret, resolve)
-            status = record(sessions, settings, c, code, error, time.perf_counter() - t0)
-        except Exception:
-            log.warning("webhook %s attempt %d not recorded", c.id, c.attempts, exc_info=True)
-            continue
-        log.info("webhook %s %s attempt %d: %s", c.event, c.id, c.attempts, error or code)
-        if status == "failed":
-            log.warning(
-                "webhook %s to %s failed after %d attempts", c.id, redacted(c.url), c.attempts
-            )
-    return made
+    claimed = claim_due(
+        sessions, settings, limit=settings.webhook_concurrency, per_owner=settings.webhook_per_owner
+    )
+    if not claimed:
+        return 0
+    with ThreadPoolExecutor(len(claimed), thread_name_prefix="webhook-send") as pool:
+        list(pool.map(lambda c: attempt(sessions, settings, secret, c, resolve), claimed))
+    return len(claimed)
+
+
+def attempt(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    secret: bytes,
+    c: Claimed,
+    resolve: Resolver | None,
+) -> None:
+    """Send one claimed delivery and record the outcome. One row's trouble is not the next
+    row's: a failure to record leaves its lease to run out, and it goes again."""
+    try:
+        t0 = time.perf_counter()
+        code, error = send(c, settings, secret, resolve)
+        status = record(sessions, settings, c, code, error, time.perf_counter() - t0)
+    except Exception:
+        log.warning("webhook %s attempt %d not recorded", c.id, c.attempts, exc_info=True)
+        return
+    log.info("webhook %s %s attempt %d: %s", c.event, c.id, c.attempts, error or code)
+    if status == "failed":
+        log.warning("webhook %s to %s failed after %d attempts", c.id, redacted(c.url), c.attempts)
 
 
 class Dispatcher(LoopThread):

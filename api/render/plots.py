@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from core.traces import STEP_DTYPE, VALUE_DTYPE
-
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
@@ -88,30 +86,6 @@ def _thin_index(n: int, most: int) -> np.ndarray:
     if n <= most:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, most).round().astype(int))
-
-
-def packed_rows(chunks: Sequence[Any], most: int = MAX_ROWS) -> tuple[list[int], np.ndarray]:
-    """A vector series from its stored chunks (`steps`: little-endian int64, `values`: float64,
-    `width` a row), thinned to at most `most` evenly spaced rows (the first and last kept),
-    read in place: a long run's profiles (steps x seq_len floats) are never unpacked whole."""
-    np = _np()
-    chunks = sorted(chunks, key=lambda c: c.first_step)
-    steps = [np.frombuffer(c.steps, dtype=STEP_DTYPE) for c in chunks]
-    total = sum(len(s) for s in steps)
-    if total == 0:
-        return [], np.zeros((0, 0))
-    keep = _thin_index(total, most)
-    out_steps: list[int] = []
-    rows = []
-    offset = 0
-    for chunk, s in zip(chunks, steps, strict=True):
-        mine = keep[(keep >= offset) & (keep < offset + len(s))] - offset
-        if mine.size:
-            values = np.frombuffer(chunk.values, dtype=VALUE_DTYPE).reshape(len(s), chunk.width)
-            out_steps.extend(int(x) for x in s[mine])
-            rows.append(values[mine].astype(float))
-        offset += len(s)
-    return out_steps, np.concatenate(rows)
 
 
 def temporal_figure(layers: list[dict[str, Any]], title: str) -> Figure:

@@ -20,17 +20,20 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Owner, SessionDep, current_owner
+from api.guard import read_object
 from api.pagination import decode_cursor, encode_cursor
 from api.responses import FastJSON
 from api.schemas import EventsRead, ExperimentPage, ExperimentRead
 from api.serializers import experiment_view
+from core.budgets import Limits, check_budgets
 from core.datasets import check_task
 from core.db import get_engine, get_read_engine, get_sessionmaker
-from core.errors import Problem, field_error, invalid_field
+from core.errors import Problem, invalid_field
 from core.lifecycle import (
     EXPERIMENTS,
     cancel_queued,
     insert_queued,
+    lock_owner,
     over_cap,
     queued_values,
     request_cancel_running,
@@ -39,7 +42,7 @@ from core.logs import request_id
 from core.owned import get_experiment
 from core.queue import enqueue
 from core.settings import get_settings
-from core.spec import ExperimentCreate, ModelSpec, TaskShape, estimated_cost
+from core.spec import ExperimentCreate, ModelSpec, TaskShape
 from core.status import StatusName
 from core.tables import EVENT_KINDS, Event, Experiment, WebhookDelivery, as_utc, utcnow
 from core.webhooks import check_notify
@@ -51,8 +54,6 @@ Cell = ModelSpec.model_fields["cell"].annotation
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold a NUL: a 422, not a 500
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
-MAX_BODY_BYTES = 64 * 1024
-
 
 def dataset_shape(owner: str, spec: ExperimentCreate) -> TaskShape | None:
     with get_sessionmaker()() as session:
@@ -60,36 +61,15 @@ def dataset_shape(owner: str, spec: ExperimentCreate) -> TaskShape | None:
 
 
 async def read_spec(request: Request, owner: str) -> ExperimentCreate:
-    """The body as a spec, whatever its Content-Type (`curl -d '{}'` sends a form type)."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise Problem(
-            413, "Body too large", f"the body is over {MAX_BODY_BYTES} bytes", "too-large"
-        )
-    try:
-        data = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", "json") from exc
-    if not isinstance(data, dict):
-        raise invalid_field("the body must be a JSON object", None, "expected an object", "type")
+    """The body as a spec (api.guard.read_object: size, depth, NUL and NaN checked), within
+    the compute, memory and stored-volume budgets (an uploaded dataset's T and F read from
+    its row; built-in tasks cost no lookup)."""
+    data = await read_object(request)
     spec = ExperimentCreate.model_validate(data)  # ValidationError -> 422 naming the fields
-    # An uploaded dataset's T and F are in its row; built-in tasks cost no lookup.
     shape = None
     if spec.task.name == "dataset":
         shape = await run_in_threadpool(dataset_shape, owner, spec)
-    cost, limit = estimated_cost(spec, shape), get_settings().max_cost
-    if cost > limit:
-        raise Problem(
-            422,
-            "Over the compute budget",
-            f"estimated cost {cost:.3g} (steps x batch x T x gates x hidden x (hidden x layers "
-            f"+ F)) is over "
-            f"the limit {limit:.3g}",
-            "budget",
-            estimate=cost,
-            limit=limit,
-            errors=[field_error("train.steps", "over the compute budget", "budget")],
-        )
+    check_budgets(spec, Limits.of(get_settings()), shape=shape)
     return spec
 
 
@@ -181,6 +161,7 @@ def submit(
                 .values(idempotency_key=None)
             )
         try:
+            lock_owner(conn, owner)
             if not insert_queued(conn, vars(row), cap):
                 conn.rollback()
                 raise over_cap(conn, owner, 1, cap)
@@ -294,15 +275,20 @@ def list_experiments(
     )
 
 
+def _experiment_row(experiment_id: str) -> Row | None:
+    if len(experiment_id) > 36:
+        return None
+    with get_read_engine().connect() as conn:
+        return conn.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id)).first()
+
+
 @router.get("/{experiment_id}", response_model=ExperimentRead)
 async def read_experiment(experiment_id: str, request: Request) -> FastJSON:
     """The hottest route (clients poll it), kept lean: auth without the dependency machinery,
-    one Core query on the event loop (a primary-key read, shorter than a threadpool hop)."""
+    one Core query in the threadpool (never on the event loop: a slow read there would stall
+    every other request)."""
     owner = await current_owner(request)
-    row = None
-    if len(experiment_id) <= 36:
-        with get_read_engine().connect() as conn:
-            row = conn.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id)).first()
+    row = await run_in_threadpool(_experiment_row, experiment_id)
     if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
     return FastJSON(experiment_view(row))

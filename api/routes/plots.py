@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from api.deps import Owner, SessionDep
+from api.deps import Owner, RenderSlot, SessionDep
 from api.figures import SERIES_OF, experiment_figure, overlay
 from api.render import plots
 from core.errors import Problem, invalid_field
@@ -21,7 +21,7 @@ from core.owned import get_experiment, get_sweep, sweep_experiments
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-router = APIRouter(prefix="/v1", tags=["plots"])
+router = APIRouter(prefix="/v1", tags=["plots"], dependencies=[RenderSlot])
 MAX_OVERLAY = 50
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

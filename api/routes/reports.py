@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from api.deps import Owner, SessionDep
+from api.deps import Owner, RenderSlot, SessionDep
 from api.figures import experiment_figure, overlay
 from api.render import plots
 from api.render.report import HEADERS, experiment_page, sweep_page
@@ -19,7 +19,7 @@ from api.serializers import experiment_view, sweep_view
 from core.owned import get_experiment, get_sweep, sweep_experiments
 from core.tables import Event, as_utc
 
-router = APIRouter(prefix="/v1", tags=["reports"])
+router = APIRouter(prefix="/v1", tags=["reports"], dependencies=[RenderSlot])
 MAX_EVENTS = 50
 HTML_RESPONSES = {200: {"description": "the report", "content": {"text/html": {}}}, 404: {}}
 

@@ -3,16 +3,21 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import Owner, SessionDep
+from api.deps import Owner, SessionDep, current_owner
+from api.guard import read_object
 from api.pagination import decode_cursor, encode_cursor
 from api.responses import FastJSON
 from api.serializers import sweep_summary, sweep_view
+from core.budgets import Limits
 from core.datasets import check_task
+from core.db import get_sessionmaker
 from core.lifecycle import (
     cancel_queued,
     check_active_cap,
+    lock_owner,
     queued_values,
     request_cancel_running,
 )
@@ -60,19 +65,37 @@ def list_sweeps(
     )
 
 
-@router.post("", status_code=202, responses={404: {}, 422: {}})
-def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSON:
-    """Expand, validate every point, then queue them all (or nothing)."""
+SWEEP_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SweepCreate"}}},
+    }
+}
+
+
+@router.post(
+    "", status_code=202, responses={404: {}, 413: {}, 422: {}, 429: {}}, openapi_extra=SWEEP_BODY
+)
+async def create_sweep(request: Request) -> FastJSON:
+    """Expand, validate every point, then queue them all (or nothing). The body is read by
+    api.guard.read_object (size, depth, NUL and NaN checked before anything is stored)."""
+    owner = await current_owner(request)
+    req = SweepCreate.model_validate(await read_object(request))
+    return await run_in_threadpool(submit_sweep, owner, req, request_id.get())
+
+
+def submit_sweep(owner: str, req: SweepCreate, rid: str | None) -> FastJSON:
     req = resolve(req)
     shapes: dict[str, TaskShape | None] = {}  # one lookup per dataset, not per point
 
     def shape_of(spec: ExperimentCreate) -> TaskShape | None:
         key = spec.task.model_dump_json() if spec.task.name == "dataset" else ""
         if key not in shapes:
-            shapes[key] = check_task(session, owner, spec)
+            with get_sessionmaker()() as session:
+                shapes[key] = check_task(session, owner, spec)
         return shapes[key]
 
-    points = expand(req, get_settings().max_cost, shape_of)
+    points = expand(req, Limits.of(get_settings()), shape_of)
     checked: set[tuple] = set()  # a URL is resolved once a sweep, not once a point
     for params, spec in points:
         if spec.notify is None:
@@ -81,41 +104,45 @@ def create_sweep(owner: Owner, req: SweepCreate, session: SessionDep) -> FastJSO
         if key not in checked:
             check_notify(spec, get_settings().webhook_allow_private, params)
             checked.add(key)
-    check_active_cap(session, owner, len(points), get_settings().max_active_per_owner)
     seeds = req.seeds or [0]
-    sweep = Sweep(
-        name=req.name,
-        owner=owner,
-        request={"preset": req.preset, "base": req.base, "grid": req.grid, "seeds": seeds},
-    )
-    session.add(sweep)
-    session.flush()
-    rows = [
-        Experiment(
-            **queued_values(
-                owner,
-                spec.model_dump(mode="json"),
-                name=spec.name or req.name,
-                tags=spec.tags,
-                request_id=request_id.get(),
-                sweep_id=sweep.id,
-                sweep_params=params,
-            )
+    with get_sessionmaker()() as session:
+        # The cap check and the inserts under the owner's lock: concurrent sweeps of one owner
+        # are counted one after the other, never together.
+        lock_owner(session, owner)
+        check_active_cap(session, owner, len(points), get_settings().max_active_per_owner)
+        sweep = Sweep(
+            name=req.name,
+            owner=owner,
+            request={"preset": req.preset, "base": req.base, "grid": req.grid, "seeds": seeds},
         )
-        for params, spec in points
-    ]
-    session.add_all(rows)
-    session.commit()
-    for row in rows:
-        try:
-            enqueue(row.id)
-        except Exception:  # the rows are safe; the reconciler sends them later
-            log.warning("could not enqueue %s now", row.id, exc_info=True)
-    return FastJSON(
-        sweep_view(sweep, sweep_experiments(session, sweep)),
-        status_code=202,
-        headers={"Location": f"/v1/sweeps/{sweep.id}"},
-    )
+        session.add(sweep)
+        session.flush()
+        rows = [
+            Experiment(
+                **queued_values(
+                    owner,
+                    spec.model_dump(mode="json"),
+                    name=spec.name or req.name,
+                    tags=spec.tags,
+                    request_id=rid,
+                    sweep_id=sweep.id,
+                    sweep_params=params,
+                )
+            )
+            for params, spec in points
+        ]
+        session.add_all(rows)
+        session.commit()
+        for row in rows:
+            try:
+                enqueue(row.id)
+            except Exception:  # the rows are safe; the reconciler sends them later
+                log.warning("could not enqueue %s now", row.id, exc_info=True)
+        return FastJSON(
+            sweep_view(sweep, sweep_experiments(session, sweep)),
+            status_code=202,
+            headers={"Location": f"/v1/sweeps/{sweep.id}"},
+        )
 
 
 @router.get("/{sweep_id}")

@@ -1,5 +1,7 @@
 """/v1/experiments/{id}/metrics, /gradients, /instruments: the stored traces as JSON, thinned
-by `every`, `max_points`, `from_step`, `to_step`."""
+by `every`, `max_points`, `from_step`, `to_step`, and bounded: at most MAX_TRACE_POINTS points
+a series and MAX_TRACE_VALUES values an answer, whatever is stored (core.traces.read_series
+reads only the points kept)."""
 
 from typing import Annotated, Any
 
@@ -9,10 +11,11 @@ from api.deps import Owner, SessionDep, Thinning
 from api.responses import FastJSON
 from core import series
 from core.owned import get_experiment
-from core.tables import SeriesChunk
-from core.traces import concat, load_prefixed, load_series, rows
+from core.settings import get_settings
+from core.traces import at_steps, read_series, series_mean
 
 router = APIRouter(prefix="/v1/experiments", tags=["traces"])
+NONE: tuple[list, list] = ([], [])
 
 
 @router.get("/{experiment_id}/metrics")
@@ -22,22 +25,21 @@ def read_metrics(
     """Training loss (and accuracy) per step; validation loss (and accuracy) where measured;
     the learning rate at the instrumented steps."""
     row = get_experiment(session, experiment_id, owner)
-    found = load_series(
+    found = read_series(
         session,
         row,
-        [series.LOSS, series.ACCURACY, series.VAL_LOSS, series.VAL_ACCURACY, series.LR],
+        names=[series.LOSS, series.ACCURACY, series.VAL_LOSS, series.VAL_ACCURACY, series.LR],
+        pick=thin.window().pick,
     )
-    steps, loss = concat(found[series.LOSS])
-    idx = thin.indices(steps)
-    out: dict[str, Any] = {"steps": [steps[i] for i in idx], "loss": [loss[i] for i in idx]}
-    if found[series.ACCURACY]:
-        _, acc = concat(found[series.ACCURACY])
-        out["accuracy"] = [acc[i] for i in idx]
-    vsteps, vloss = thin.apply(*concat(found[series.VAL_LOSS]))
+    steps, loss = found.get(series.LOSS, NONE)
+    out: dict[str, Any] = {"steps": steps, "loss": loss}
+    if series.ACCURACY in found:
+        out["accuracy"] = found[series.ACCURACY][1]
+    vsteps, vloss = found.get(series.VAL_LOSS, NONE)
     out["validation"] = {"steps": vsteps, "loss": vloss}
-    if found[series.VAL_ACCURACY]:
-        out["validation"]["accuracy"] = thin.apply(*concat(found[series.VAL_ACCURACY]))[1]
-    lr_steps, lr = thin.apply(*concat(found[series.LR]))
+    if series.VAL_ACCURACY in found:
+        out["validation"]["accuracy"] = found[series.VAL_ACCURACY][1]
+    lr_steps, lr = found.get(series.LR, NONE)
     out["lr"] = {"steps": lr_steps, "values": lr}
     return FastJSON(out)
 
@@ -55,36 +57,39 @@ def read_gradients(
     - `temporal`: `{"quantity": "grad_norm_hidden", "layers": [{"layer", "steps", "values"}]}`
       where `values[i][t]` is ||dL/dh_t|| of that layer at its i-th instrumented step: the
       total derivative, every path through later time steps included (seq_len values a row).
-      `layers` is empty when the temporal instrument was off."""
+      `layers` is empty when the temporal instrument was off. At most MAX_TRACE_VALUES values
+      in all: past that, every layer keeps an evenly spaced share of its rows."""
     row = get_experiment(session, experiment_id, owner)
-    found = load_series(session, row, [series.GRAD_NORM_TOTAL, series.CLIP_AFTER])
-    steps, norms = concat(found[series.GRAD_NORM_TOTAL])
-    idx = thin.indices(steps)
-    params = {
-        series.tail(name, series.GRAD): [vals[i] for i in idx]
-        for name, chunks in sorted(load_prefixed(session, row, series.prefix(series.GRAD)).items())
-        for vals in [concat(chunks)[1]]
-    }
-    after = dict(zip(*concat(found[series.CLIP_AFTER]), strict=True))
-    layers = []
-    for name, chunks in load_prefixed(session, row, series.prefix(series.TEMPORAL)).items():
-        t_steps, t_rows = rows(chunks)
-        keep = thin.indices(t_steps)
-        layers.append(
-            {
-                "layer": int(series.keys(name, series.TEMPORAL)[0]),
-                "steps": [t_steps[i] for i in keep],
-                "values": [t_rows[i] for i in keep],
-            }
+    window = thin.window()
+    steps, norms = read_series(session, row, names=[series.GRAD_NORM_TOTAL], pick=window.pick).get(
+        series.GRAD_NORM_TOTAL, NONE
+    )
+    after = dict(
+        zip(
+            *read_series(session, row, names=[series.CLIP_AFTER], pick=at_steps(steps)).get(
+                series.CLIP_AFTER, NONE
+            ),
+            strict=True,
         )
+    )
+    grads = read_series(session, row, prefix=series.prefix(series.GRAD), pick=window.pick)
+    params = {series.tail(name, series.GRAD): vals for name, (_, vals) in sorted(grads.items())}
+    profiles = read_series(
+        session,
+        row,
+        prefix=series.prefix(series.TEMPORAL),
+        pick=window.pick,
+        max_values=get_settings().max_trace_values,
+    )
+    layers = [
+        {"layer": int(series.keys(name, series.TEMPORAL)[0]), "steps": t_steps, "values": rows}
+        for name, (t_steps, rows) in profiles.items()
+    ]
     return FastJSON(
         {
-            "steps": [steps[i] for i in idx],
+            "steps": steps,
             "parameters": params,
-            "global_norm": {
-                "before_clip": [norms[i] for i in idx],
-                "after_clip": [after.get(steps[i]) for i in idx],
-            },
+            "global_norm": {"before_clip": norms, "after_clip": [after.get(s) for s in steps]},
             "temporal": {
                 "quantity": "grad_norm_hidden",
                 "layers": sorted(layers, key=lambda d: d["layer"]),
@@ -93,8 +98,8 @@ def read_gradients(
     )
 
 
-def _thinned(thin: Thinning, chunks: list[SeriesChunk]) -> dict[str, list]:
-    steps, values = thin.apply(*concat(chunks))
+def _points(found: dict[str, tuple[list, list]], name: str) -> dict[str, list]:
+    steps, values = found.get(name, NONE)
     return {"steps": steps, "values": values}
 
 
@@ -117,27 +122,26 @@ def read_instruments(
       after clipping, instrumented steps), `fired_fraction` (over all applied steps, unthinned).
     """
     row = get_experiment(session, experiment_id, owner)
+    pick = thin.window().pick
     out: dict[str, Any] = {"spectrum": {}, "saturation": {}, "update_ratio": {}, "weight_norm": {}}
-    for name, chunks in sorted(load_prefixed(session, row, series.prefix(series.SPECTRUM)).items()):
+    found = read_series(session, row, prefix=series.prefix(series.SPECTRUM), pick=pick)
+    for name in sorted(found):
         layer, block, quantity = series.keys(name, series.SPECTRUM)
-        out["spectrum"].setdefault(layer, {}).setdefault(block, {})[quantity] = _thinned(
-            thin, chunks
-        )
-    for name, chunks in sorted(
-        load_prefixed(session, row, series.prefix(series.SATURATION)).items()
-    ):
+        out["spectrum"].setdefault(layer, {}).setdefault(block, {})[quantity] = _points(found, name)
+    found = read_series(session, row, prefix=series.prefix(series.SATURATION), pick=pick)
+    for name in sorted(found):
         layer, kind = series.keys(name, series.SATURATION)
-        out["saturation"].setdefault(layer, {})[kind] = _thinned(thin, chunks)
+        out["saturation"].setdefault(layer, {})[kind] = _points(found, name)
     for group in (series.UPDATE_RATIO, series.WEIGHT_NORM):
-        for name, chunks in sorted(load_prefixed(session, row, series.prefix(group)).items()):
-            out[group][series.tail(name, group)] = _thinned(thin, chunks)
-    clip = load_series(session, row, [series.CLIP_FIRED, series.CLIP_AFTER])
+        found = read_series(session, row, prefix=series.prefix(group), pick=pick)
+        for name in sorted(found):
+            out[group][series.tail(name, group)] = _points(found, name)
+    clip = read_series(session, row, names=[series.CLIP_FIRED, series.CLIP_AFTER], pick=pick)
     out["clipping"] = {}
-    if clip[series.CLIP_FIRED] or clip[series.CLIP_AFTER]:
-        fired = concat(clip[series.CLIP_FIRED])[1]
+    if clip:
         out["clipping"] = {
-            "fired": _thinned(thin, clip[series.CLIP_FIRED]),
-            "after_clip": _thinned(thin, clip[series.CLIP_AFTER]),
-            "fired_fraction": sum(fired) / len(fired) if fired else None,
+            "fired": _points(clip, series.CLIP_FIRED),
+            "after_clip": _points(clip, series.CLIP_AFTER),
+            "fired_fraction": series_mean(session, row, series.CLIP_FIRED),
         }
     return FastJSON(out)

@@ -36,7 +36,7 @@ def test_every_v1_route_needs_a_key(anonymous) -> None:
 
 def test_another_owners_resources_are_404(client, api_key) -> None:
     exp = client.post("/v1/experiments", json=SMALL).json()["id"]
-    sweep = client.post("/v1/sweeps", json={"base": SMALL, "grid": {"seed": [1]}}).json()["id"]
+    sweep = client.post("/v1/sweeps", json={"base": SMALL, "seeds": [1]}).json()["id"]
     other = {"Authorization": f"Bearer {api_key('intruder')}"}
     for path in ["", "/metrics", "/gradients", "/events"]:
         assert_problem(client.get(f"/v1/experiments/{exp}{path}", headers=other), 404)
@@ -87,7 +87,7 @@ def test_active_cap_is_429(client, settings, monkeypatch) -> None:
     resp = client.post("/v1/experiments", json=SMALL)
     body = assert_problem(resp, 429)
     assert body["active"] == 2 and body["cap"] == 2 and resp.headers["retry-after"]
-    sweep = client.post("/v1/sweeps", json={"base": SMALL, "grid": {"seed": [1, 2]}})
+    sweep = client.post("/v1/sweeps", json={"base": SMALL, "seeds": [1, 2]})
     assert_problem(sweep, 429)
 
 

@@ -120,7 +120,7 @@ def test_the_request_id_is_stored_on_the_experiments_it_submits(client, sessions
     one = client.post("/v1/experiments", json=SMALL, headers={"X-Request-ID": "submit-1"})
     sweep = client.post(
         "/v1/sweeps",
-        json={"base": SMALL, "grid": {"seed": [1, 2]}},
+        json={"base": SMALL, "seeds": [1, 2]},
         headers={"X-Request-ID": "sweep-7"},
     )
     assert one.status_code == 202 and sweep.status_code == 202, sweep.text

@@ -217,28 +217,6 @@ def test_sweep_report_page(client) -> None:
     assert_problem(client.get("/v1/sweeps/missing/report"), 404)
 
 
-def test_packed_rows_thins_long_profiles_without_unpacking_them() -> None:
-    from array import array
-    from types import SimpleNamespace
-
-    from api.render.plots import packed_rows
-
-    def chunk(first: int, n: int, width: int = 5) -> SimpleNamespace:
-        steps = array("q", range(first, first + n)).tobytes()
-        values = array("d", (s * 10 + t for s in range(first, first + n) for t in range(width)))
-        return SimpleNamespace(first_step=first, width=width, steps=steps, values=values.tobytes())
-
-    # out of order on purpose: rows come back in step order
-    steps, values = packed_rows([chunk(400, 600), chunk(0, 200), chunk(200, 200)], most=50)
-    assert len(steps) == 50 and steps[0] == 0 and steps[-1] == 999
-    assert steps == sorted(steps) and values.shape == (50, 5)
-    for s, row in zip(steps, values, strict=True):
-        assert list(row) == [s * 10 + t for t in range(5)]
-    steps, values = packed_rows([chunk(0, 7)], most=50)
-    assert steps == list(range(7)) and values.shape == (7, 5)
-    assert packed_rows([])[0] == []
-
-
 def test_a_title_says_the_status_once_when_the_verdict_is_the_same() -> None:
     from types import SimpleNamespace
 

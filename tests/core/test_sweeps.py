@@ -49,12 +49,14 @@ def test_a_typo_in_a_path_is_rejected() -> None:
 
 
 def test_size_cap_and_budget() -> None:
-    too_many = SweepCreate(grid={"seed": list(range(20)), "task.seq_len": list(range(2, 22))})
+    too_many = SweepCreate(
+        grid={"train.steps": list(range(1, 21)), "task.seq_len": list(range(2, 22))}
+    )
     with pytest.raises(Problem) as err:
         expand(too_many, BIG)
     assert err.value.extra["experiments"] == 400 > MAX_SWEEP_EXPERIMENTS
     with pytest.raises(Problem) as err:
-        expand(SweepCreate(grid={"train.steps": [10]}), max_cost=1.0)
+        expand(SweepCreate(grid={"train.steps": [10]}), 1.0)
     assert err.value.kind == "budget"
 
 

@@ -103,6 +103,17 @@ def test_embedded_stack_serves_the_whole_loop(tmp_path) -> None:
             "a run on the restarted worker",
         )
         assert again["status"] == "succeeded"
+        # kill -9 the API: the launcher starts another on the same port, the worker stays
+        api_pid = int(
+            subprocess.run(
+                ["pgrep", "-P", str(proc.pid), "-f", "uvicorn"], capture_output=True, text=True
+            ).stdout.split()[0]
+        )
+        os.kill(api_pid, signal.SIGKILL)
+        wait_for(lambda: not ready(), 10, "the API to go")
+        wait_for(ready, 60, "the restarted API")
+        assert httpx.get(base + location, headers=auth).json()["status"] == "succeeded"
+        assert proc.poll() is None
         bad = httpx.post(
             f"{base}/v1/experiments", content=b'{"train": {"steps": -1}}', headers=auth
         )
