@@ -5,7 +5,8 @@ reader of every route that takes a body. Checked before anything is read whole o
 - the path and the query string: no NUL byte, raw or percent-encoded (400 naming the field;
   PostgreSQL cannot store one, and a NUL cut a CSV export short);
 - the body: a Content-Length over MAX_BODY_BYTES is a 413 before a byte is read, and a body
-  sent without one stops being read at the limit (413);
+  sent without one stops being read at the limit (413); a dataset upload and an external
+  run's batch have larger limits of their own (body_limit);
 - JSON bodies (`read_json`): no NaN or Infinity literals, no nesting deeper than
   MAX_JSON_DEPTH, no NUL in any string or key (422 naming the field)."""
 
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response
 from core.errors import Problem, field_error, invalid_field
+from core.external import MAX_BATCH_BYTES
 from core.settings import get_settings
 
 
@@ -64,8 +66,8 @@ def _refusal(scope: Scope) -> Any:
                 length = int(v)
             except ValueError:
                 return problem_response(400, "Bad Content-Length", "not a number", "header")
-            if length > s.max_body_bytes:
-                return _too_large(s.max_body_bytes)
+            if length > (limit := body_limit(scope)):
+                return _too_large(limit)
     return None
 
 
@@ -77,6 +79,22 @@ def _nul(detail: str, field: str) -> Any:
         "nul-byte",
         errors=[field_error(field, "holds a NUL byte", "nul")],
     )
+
+
+UPLOAD_MARGIN = 1024 * 1024  # multipart framing around the file
+
+
+def body_limit(scope: Scope) -> int:
+    """The most body bytes a request may send: MAX_BODY_BYTES, except the routes that take
+    more by design (a dataset upload, an external run's batch), which check their own exact
+    limits as they read."""
+    s = get_settings()
+    path, method = scope.get("path", ""), scope.get("method")
+    if method == "POST" and path == "/v1/datasets":
+        return s.max_dataset_bytes + UPLOAD_MARGIN
+    if method == "POST" and path.startswith("/v1/experiments/") and path.endswith("/batches"):
+        return max(s.max_body_bytes, MAX_BATCH_BYTES)
+    return s.max_body_bytes
 
 
 def _too_large(limit: int) -> Any:
@@ -98,7 +116,7 @@ class RequestGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        limit = get_settings().max_body_bytes
+        limit = body_limit(scope)
         seen = 0
         started = False
 

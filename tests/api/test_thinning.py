@@ -1,15 +1,14 @@
-"""Thinning a trace: a range, every k-th point, then at most max_points evenly spaced with the
-first and the last kept."""
+"""Thinning a trace (core.traces.Window, what api.deps.Thinning asks for): a range, every
+k-th point, then at most max_points evenly spaced with the first and the last kept."""
 
-from api.deps import Thinning
+from core.traces import Window
 
 # the README's run: 300 steps instrumented every 10, and the last step
 STEPS = [*range(0, 300, 10), 299]
 
 
 def thin(**query) -> list[int]:
-    t = Thinning(**{"from_step": None, "to_step": None, "every": 1, "max_points": None, **query})
-    return [STEPS[i] for i in t.indices(STEPS)]
+    return [STEPS[i] for i in Window(**query).pick(STEPS)]
 
 
 def test_max_points_keeps_the_first_and_the_last_evenly_spaced() -> None:
