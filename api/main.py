@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import observability, problems
-from api.routes import experiments, export, health, plots, reports, stream, sweeps, traces
+from api.routes import dynamics, experiments, export, health, plots, reports, stream, sweeps, traces
 from core import logs
 from core.spec import ExperimentCreate
 
@@ -60,6 +60,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(traces.router)
+    app.include_router(dynamics.router)
     app.include_router(sweeps.router)
     app.include_router(plots.router)
     app.include_router(reports.router)

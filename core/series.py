@@ -41,3 +41,8 @@ def keys(series: str, group: str) -> list[str]:
 def tail(series: str, group: str) -> str:
     """What follows the group: `tail("grad/rnn.0.weight_hh", GRAD)` is `"rnn.0.weight_hh"`."""
     return "/".join(keys(series, group))
+
+
+def conditioning_lags(count: int) -> list[int]:
+    """The lags of a conditioning series `count` values wide: 1, 2, 4, ..."""
+    return [2**i for i in range(count)]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core import series
 from core.diagnosis import WINDOW_STEPS
 from worker.instruments.base import Instrument, Run, StepContext
 from worker.instruments.jacobians import Jacobians, step_jacobians
@@ -65,7 +66,7 @@ def conditioning(jac: Jacobians, t_len: int, lags: list[int]) -> tuple[Tensor, T
 
 
 def default_lags(t_len: int) -> list[int]:
-    return [2**i for i in range(t_len.bit_length()) if 2**i <= min(t_len, MAX_LAG)]
+    return series.conditioning_lags(min(t_len, MAX_LAG).bit_length())  # 1, 2, 4, ... <= T
 
 
 class Lyapunov(Instrument):
