@@ -10,7 +10,9 @@ ideal credit assignment (series `credit`, a vector over key inputs, and `credit/
 - digits: no key inputs; `credit` is the profile ||dL/dx_t|| over every step, ratio None.
 
 dL/dx is the vector-Jacobian product of the first layer with the gradient its output received
-(no other path leads from x to the loss), recomputed on the batch with x.requires_grad."""
+(no other path leads from x to the loss): from the closed-form adjoint the temporal profile
+computes (shared, not recomputed), dL/dx_t = dL/d(W_ih x_t) W_ih; for a layer without a
+closed form, from the layer recomputed on the batch with x.requires_grad."""
 
 from __future__ import annotations
 
@@ -20,17 +22,24 @@ from typing import Any
 import torch
 
 from core.diagnosis import WINDOW_STEPS
+from worker.instruments.adjoint import preactivation_grads, total_adjoint
 from worker.instruments.base import Instrument, Run, StepContext
 
 
 def input_gradient(run: Run, ctx: StepContext) -> torch.Tensor | None:
-    """dL/dx (T, B, I) from the first layer's retained output gradient."""
-    h = ctx.output.layers[0]
+    """dL/dx (T, B, I) from the first layer's retained output gradient: its closed-form
+    adjoint's pre-activation gradients times W_ih (shared with the temporal profile), or for a
+    layer without one, a vector-Jacobian product of the layer recomputed on x."""
+    layer, h = run.model.rnn[0], ctx.output.layers[0]
     if h.grad is None or ctx.x is None:
         return None
+    shared = total_adjoint(layer, ctx.x, h)
+    if shared is not None:
+        dz = preactivation_grads(layer, ctx.x, h, *shared, recurrent=False)  # (T, B, G*H)
+        return dz @ layer.weight_ih_l0.detach()
     with torch.enable_grad():
         x = ctx.x.detach().requires_grad_()
-        (again, _) = run.model.rnn[0](x)
+        (again, _) = layer(x)
         (dx,) = torch.autograd.grad(again, x, h.grad)
     return dx
 

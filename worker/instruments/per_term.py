@@ -14,14 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from worker.instruments.adjoint import (
-    _lstm_coef,
-    activation_derivative,
-    gates,
-    hidden_adjoint,
-    layer_kind,
-    shifted,
-)
+from worker.instruments.adjoint import hidden_adjoint, layer_kind, preactivation_grads, shifted
 from worker.instruments.base import Run, StepContext
 
 MAX_TERMS, MAX_LAGS = 16, 32
@@ -67,25 +60,6 @@ def no_dropout(model: nn.Module) -> Iterator[None]:
     finally:
         for m, p in kept:
             m.p = p
-
-
-def preactivation_grads(layer: nn.Module, x: Tensor, h: Tensor, a: Tensor, cell: Tensor | None):
-    """d loss / d(W_hh h_{t-1} + b_hh) for every t, (T, C, G*H), from the total adjoints a
-    (and for lstm the cell's, `cell`): dL/dW_hh at step t is its outer product with h_{t-1}."""
-    kind = layer_kind(layer)
-    if kind == "lstm":
-        g = gates(layer, x, h)
-        coef, _ = _lstm_coef(g.values, g.cell, shifted(g.cell))  # (T, C, 4, H)
-        coef[:, :, :3] *= cell.unsqueeze(2)
-        coef[:, :, 3] *= a
-        return coef.flatten(2)
-    if kind == "gru":
-        g = gates(layer, x, h)
-        r, z, n = g.values.unbind(2)
-        dn = (1 - z) * (1 - n * n)
-        coef = torch.stack([dn * g.hh_n * (r - r * r), (shifted(h) - n) * (z - z * z), dn * r], 2)
-        return (coef * a.unsqueeze(2)).flatten(2)
-    return a * activation_derivative(kind.split(":", 1)[1], layer, x, h)
 
 
 @dataclass

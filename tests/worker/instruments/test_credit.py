@@ -122,3 +122,15 @@ def test_contracting_tanh_rnn_gives_no_credit() -> None:
     # The first marker is at least 30 steps back: 0.5^30 ~ 1e-9 of the ideal at most; the
     # second may sit anywhere in the second half, so the ratio over both stays below 1/sqrt 2.
     assert first / ideal < 1e-6 and window["ratio"] < 0.75
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_credit_of_a_layer_without_closed_form_is_recomputed(cell: str) -> None:
+    """Layer norm inside the recurrence: no closed-form adjoint, so the layer is recomputed."""
+    spec = make_spec(model={"cell": cell, "norm": "layer"}, train={"steps": 2, "dtype": "float64"})
+    ref = Reference()
+    res = train(spec, [ref, Credit()])
+    for row, step in enumerate(res.batch.series["credit"][0]):
+        per_key, ratio = expected("adding", *ref.seen[step])
+        np.testing.assert_allclose(res.batch.series["credit"][1][row], per_key.numpy(), rtol=1e-10)
+        assert res.summary["credit"]["window"][row]["ratio"] == pytest.approx(ratio, rel=1e-10)
