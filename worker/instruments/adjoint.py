@@ -303,35 +303,59 @@ def hidden_adjoint(
         return _rnn(w_hh, dfdz, direct)
 
 
+Points = tuple[Tensor, Tensor]  # (steps, examples), each (K, B): where to evaluate
+
+
+def _take(t: Tensor, at: Points | None) -> Tensor:
+    return t if at is None else t[at[0], at[1]]
+
+
+def _take_prev(t: Tensor, at: Points | None) -> Tensor:
+    """t_{s-1} at the points (zero where s = 0), or shifted(t) for every step."""
+    if at is None:
+        return shifted(t)
+    steps, cols = at
+    prev = t[(steps - 1).clamp(min=0), cols]
+    return prev * (steps > 0).view(*steps.shape, *[1] * (prev.dim() - 2)).to(prev.dtype)
+
+
 def preactivation_grads(
-    layer: nn.Module, x: Tensor, h: Tensor, a: Tensor, cell: Tensor | None, recurrent: bool = True
+    layer: nn.Module,
+    x: Tensor,
+    h: Tensor,
+    a: Tensor,
+    cell: Tensor | None,
+    recurrent: bool = True,
+    at: Points | None = None,
 ) -> Tensor:
     """From the total adjoints a = dL/dh_t (and for lstm `cell` = dL/dc_t), (T, B, H): the
     gradient of the loss w.r.t. W_hh h_{t-1} + b_hh (`recurrent`), or W_ih x_t + b_ih, for
-    every t, (T, B, G*H). They differ only in gru's n gate, which reads r * (W_hn h + b_hn).
-    dL/dW_hh at step t is its outer product with h_{t-1}; dL/dx_t is it times W_ih."""
+    every t, (T, B, G*H), or only at the points `at` (K, B, G*H). They differ only in gru's n
+    gate, which reads r * (W_hn h + b_hn). dL/dW_hh at step t is its outer product with
+    h_{t-1}; dL/dx_t is it times W_ih."""
     kind = layer_kind(layer)
     with torch.no_grad():
         if kind == "lstm":
             g = gates(layer, x, h)
-            coef, _ = _lstm_coef(g.values, g.cell, shifted(g.cell))  # (T, B, 4, H)
-            coef[:, :, :3] *= cell.unsqueeze(2)
-            coef[:, :, 3] *= a
+            v, c, c_prev = _take(g.values, at), _take(g.cell, at), _take_prev(g.cell, at)
+            coef, _ = _lstm_coef(v, c, c_prev)  # (T or K, B, 4, H)
+            coef[:, :, :3] *= _take(cell, at).unsqueeze(2)
+            coef[:, :, 3] *= _take(a, at)
             return coef.flatten(2)
         if kind == "gru":
             g = gates(layer, x, h)
-            r, z, n = g.values.unbind(2)
+            r, z, n = _take(g.values, at).unbind(2)
             dn = (1 - z) * (1 - n * n)
             coef = torch.stack(
                 [
-                    dn * g.hh_n * (r - r * r),
-                    (shifted(h) - n) * (z - z * z),
+                    dn * _take(g.hh_n, at) * (r - r * r),
+                    (_take_prev(h, at) - n) * (z - z * z),
                     dn * r if recurrent else dn,
                 ],
                 2,
             )
-            return (coef * a.unsqueeze(2)).flatten(2)
-        return a * activation_derivative(kind.split(":", 1)[1], layer, x, h)
+            return (coef * _take(a, at).unsqueeze(2)).flatten(2)
+        return _take(a * activation_derivative(kind.split(":", 1)[1], layer, x, h), at)
 
 
 # The closed-form totals of an output tensor, while it lives: the temporal profile, the cell
