@@ -55,10 +55,10 @@ class Reach(Instrument):
 
     @torch.no_grad()
     def after_backward(self, run: Run, ctx: StepContext) -> None:
-        if not (self.on and run.instrumented and ctx.finite):
+        if not (self.on and run.instrumented):
             return
-        self.seen += 1
-        if (self.seen - 1) % run.spec.instrument.dynamics_every:
+        self.seen += 1  # counted as Lyapunov counts, so both run on the same steps
+        if (self.seen - 1) % run.spec.instrument.dynamics_every or not ctx.finite:
             return
         recall = run.task.recall_steps()
         keys = run.task.key_inputs(ctx.x)
