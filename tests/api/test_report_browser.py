@@ -62,7 +62,7 @@ def test_report_page_loads_in_chromium_with_its_images(
     assert re.search(r"<b id=\"?status\"?>succeeded</b>", html), html[:2000]
     # every image decoded in the browser: naturalWidth > 0 for 4 of 4
     assert 'data-images-loaded="6/6"' in html, html[:500]
-    assert html.count("<img") == 4
+    assert html.count("<img") == 6
 
     shot = tmp_path / "shot.png"
     done = chromium(url, tmp_path, f"--screenshot={shot}")
