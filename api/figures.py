@@ -3,7 +3,7 @@ render/plots.py, which knows no database."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -13,7 +13,7 @@ from core import series
 from core.diagnosis import GAMMA
 from core.settings import get_settings
 from core.tables import Experiment
-from core.traces import Window, at_steps, read_series
+from core.traces import Window, at_steps, concat, load_prefixed, load_series, read_series, rows
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,6 +97,22 @@ def experiment_figure(session: Session, row: Experiment, name: str) -> Figure:
             layer, block, quantity = parts
             tree.setdefault(layer, {}).setdefault(block, {})[quantity] = points
         return plots.spectrum_figure(tree, spectrum_bound(row), _title(row, "recurrent spectrum"))
+    if name == "lyapunov":
+        layers: dict[str, dict[str, Any]] = {}
+        for group in (series.LYAPUNOV, series.CONDITIONING):
+            for name_, chunks in load_prefixed(session, row, series.prefix(group)).items():
+                layer, *rest = series.keys(name_, group)
+                layers.setdefault(layer, {})["/".join([group, *rest])] = rows(chunks)
+        return plots.lyapunov_figure(layers, _title(row, "Lyapunov exponents and conditioning"))
+    if name == "credit":
+        found = load_series(session, row, [series.CREDIT, series.CREDIT_RATIO])
+        window = ((row.summary or {}).get("credit") or {}).get("window") or [{}]
+        return plots.credit_figure(
+            rows(found[series.CREDIT]),
+            concat(found[series.CREDIT_RATIO]),
+            window[-1].get("key_steps"),
+            _title(row, "credit at the inputs that matter"),
+        )
     raise ValueError(f"no plot {name!r}")
 
 

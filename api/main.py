@@ -11,6 +11,7 @@ from api.render.ui import STATIC_DIR
 from api.routes import (
     datasets,
     docs,
+    dynamics,
     experiments,
     export,
     health,
@@ -86,6 +87,7 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(manage.router)
     app.include_router(traces.router)
+    app.include_router(dynamics.router)
     app.include_router(sweeps.router)
     app.include_router(plots.router)
     app.include_router(reports.router)

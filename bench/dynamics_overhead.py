@@ -2,7 +2,11 @@
 instrument.every = 10, LSTM 2 x 128, batch 64, T = 100, 1 thread, against a plain loop on
 torch's fused nn.LSTM(2, 128, num_layers=2) written by hand, interleaved in one run.
 
-    .venv/bin/python bench/dynamics_overhead.py [--steps 100 --repeats 5]"""
+    .venv/bin/python bench/dynamics_overhead.py [--steps 100 --repeats 5]
+
+Each loop is timed by the wall clock and by the process's CPU time: on a shared machine the
+wall clock also counts the time the process waited for a core, the CPU time does not (with
+one thread it is the compute itself)."""
 
 import argparse
 import statistics
@@ -17,7 +21,7 @@ from worker.instruments import default_instruments
 from worker.train import train
 
 
-def plain_loop(spec: ExperimentCreate, steps: int) -> float:
+def plain_loop(spec: ExperimentCreate, steps: int) -> tuple[float, float]:
     torch.manual_seed(spec.seed)
     task = make_task(spec.task)
     lstm = nn.LSTM(task.input_size, spec.model.hidden_size, num_layers=spec.model.num_layers)
@@ -25,7 +29,7 @@ def plain_loop(spec: ExperimentCreate, steps: int) -> float:
     params = [*lstm.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=spec.train.optimizer.lr)
     gen = torch.Generator().manual_seed(spec.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         x, y = task.batch(spec.train.batch_size, gen)
         out, _ = lstm(x)
@@ -34,12 +38,14 @@ def plain_loop(spec: ExperimentCreate, steps: int) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, spec.train.clip.max_norm)
         opt.step()
-    return (time.perf_counter() - t0) / steps * 1e3
+    return (time.perf_counter() - t0) / steps * 1e3, (time.process_time() - c0) / steps * 1e3
 
 
-def service_loop(spec: ExperimentCreate) -> float:
+def service_loop(spec: ExperimentCreate) -> tuple[float, float]:
+    c0 = time.process_time()
     result = train(spec, default_instruments(spec), on_flush=lambda b, s: None)
-    return 1e3 / result.summary["steps_per_second"]
+    cpu = (time.process_time() - c0) / spec.train.steps * 1e3  # the set-up included
+    return 1e3 / result.summary["steps_per_second"], cpu
 
 
 def main() -> None:
@@ -61,11 +67,16 @@ def main() -> None:
         }
     )
     plain_loop(spec, 10)  # warm-up
-    plain, service = [], []
+    plain, service, plain_cpu, s_cpu = [], [], [], []
     for _ in range(args.repeats):
-        plain.append(plain_loop(spec, args.steps))
-        service.append(service_loop(spec))
+        wall, cpu = plain_loop(spec, args.steps)
+        plain.append(wall)
+        plain_cpu.append(cpu)
+        wall, cpu = service_loop(spec)
+        service.append(wall)
+        s_cpu.append(cpu)
     p, s = statistics.median(plain), statistics.median(service)
+    pc, sc = statistics.median(plain_cpu), statistics.median(s_cpu)
     print(
         f"lstm 2x128, batch 64, T=100, every=10, dynamics_every={spec.instrument.dynamics_every}, "
         f"instruments on: {', '.join(spec.instrument.on)}; {args.steps} steps x {args.repeats}, "
@@ -74,6 +85,11 @@ def main() -> None:
     print(f"plain nn.LSTM loop : {p:8.2f} ms/step  (all: {', '.join(f'{v:.1f}' for v in plain)})")
     print(f"gradlab train()    : {s:8.2f} ms/step  (all: {', '.join(f'{v:.1f}' for v in service)})")
     print(f"ratio              : {s / p:8.3f}")
+    print(
+        f"CPU time, plain    : {pc:8.2f} ms/step  (all: {', '.join(f'{v:.1f}' for v in plain_cpu)})"
+    )
+    print(f"CPU time, gradlab  : {sc:8.2f} ms/step  (all: {', '.join(f'{v:.1f}' for v in s_cpu)})")
+    print(f"CPU-time ratio     : {sc / pc:8.3f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ SPECTRUM = "spectrum"  # spectrum/{layer}/{block}/{sigma_max|radius}
 SATURATION = "saturation"  # saturation/{layer}/{kind}
 UPDATE_RATIO = "update_ratio"  # update_ratio/{parameter}
 WEIGHT_NORM = "weight_norm"  # weight_norm/{parameter}
+# The dynamics instruments (issue 13's contract with the diagnosis):
+CREDIT = "credit"  # credit: ||dL/dx|| per key input (a vector); credit/ratio (a scalar)
+CREDIT_RATIO = "credit/ratio"
+LYAPUNOV = "lyapunov"  # lyapunov/{layer}: the top-k exponents
+CONDITIONING = "conditioning"  # conditioning/{layer}/{sigma_max|sigma_min}: over the lags
+CELL_TEMPORAL = "cell_temporal"  # cell_temporal/{layer}: ||dL/dc_t|| (lstm)
+GATES = "gates"  # gates/{layer}/{forget_mean|forget_near_1|forget_near_0}
+REACH = "reach"  # reach/{layer} over lags; reach/{layer}/matrix, reach/{layer}/w_hh_split
 
 
 def name(group: str, *keys: object) -> str:
@@ -33,3 +41,8 @@ def keys(series: str, group: str) -> list[str]:
 def tail(series: str, group: str) -> str:
     """What follows the group: `tail("grad/rnn.0.weight_hh", GRAD)` is `"rnn.0.weight_hh"`."""
     return "/".join(keys(series, group))
+
+
+def conditioning_lags(count: int) -> list[int]:
+    """The lags of a conditioning series `count` values wide: 1, 2, 4, ..."""
+    return [2**i for i in range(count)]

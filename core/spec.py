@@ -277,6 +277,7 @@ OPTIONAL_INSTRUMENTS = (
     "gates",
     "credit",
     "lyapunov",
+    "reach",
 )
 OptionalInstrument = Literal[OPTIONAL_INSTRUMENTS]
 
@@ -288,7 +289,7 @@ class InstrumentSpec(Strict):
         10,
         ge=1,
         le=10_000,
-        description="the costly dynamics instruments (lyapunov) run every n-th instrumented step",
+        description="the costly ones (lyapunov, reach) run every n-th instrumented step",
     )
     on: list[OptionalInstrument] = Field(
         default_factory=lambda: list(OPTIONAL_INSTRUMENTS),

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
-NAMES = ("temporal", "loss", "gradients", "spectrum")
+NAMES = ("temporal", "loss", "gradients", "spectrum", "lyapunov", "credit")
 OVERLAY_QUANTITIES = ("loss", "val_loss", "grad_norm")
 # The heatmap is drawn on at most this many training steps x time steps (evenly thinned).
 MAX_ROWS, MAX_COLS = 400, 1000
@@ -238,6 +238,95 @@ def spectrum_figure(
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    return fig
+
+
+def lyapunov_figure(
+    layers: dict[str, dict[str, tuple[list[int], list[list[float]]]]], title: str
+) -> Figure:
+    """Per layer: sigma_max and sigma_min of dh_{T-1}/dh_{T-1-tau} against the lag tau at the
+    first and last measured steps (log-log; a slope of lambda per step on the log axis), and
+    the top-k Lyapunov exponents over training steps with the line 0 (above: perturbations
+    grow, the gradient can explode; below: they shrink). `layers[layer]["lyapunov"]`,
+    `["conditioning/sigma_max"]`, `["conditioning/sigma_min"]` = (steps, rows)."""
+    if not any(q.get("lyapunov", ([], []))[0] for q in layers.values()):
+        return empty_figure(title, "no Lyapunov exponents recorded (yet)")
+    np = _np()
+    names = sorted(layers, key=lambda s: int(s) if s.isdigit() else s)
+    fig = _figure(12, 3.8 * len(names) + 0.6)
+    fig.suptitle(title)
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for (cond, lyap), layer in zip(axes, names, strict=True):
+        q = layers[layer]
+        steps, big = q.get("conditioning/sigma_max", ([], []))
+        _, small = q.get("conditioning/sigma_min", ([], []))
+        if steps:
+            lags = 2.0 ** np.arange(len(big[0]))  # core.series.conditioning_lags
+            for i in sorted({0, len(steps) - 1}):
+                cond.plot(lags, _finite(big[i]), "o-", ms=3, label=f"sigma_max, step {steps[i]}")
+                cond.plot(lags, _finite(small[i]), "s--", ms=3, label=f"sigma_min, step {steps[i]}")
+            if _positive([v for r in (*big, *small) for v in r]):
+                cond.set_yscale("log")
+            cond.set_xscale("log", base=2)
+            cond.axhline(1.0, color="0.5", lw=0.8)
+        cond.set_xlabel("lag tau (steps)")
+        cond.set_ylabel("singular value of dh_{T-1}/dh_{T-1-tau}")
+        cond.set_title(f"layer {layer}: conditioning over lags")
+        l_steps, exps = q.get("lyapunov", ([], []))
+        if l_steps:
+            values = np.array([[math.nan if v is None else v for v in r] for r in exps], float)
+            for j in range(values.shape[1]):
+                lyap.plot(l_steps, values[:, j], lw=1.2 if j == 0 else 0.8, label=f"lambda_{j + 1}")
+        lyap.axhline(0.0, color="crimson", ls=":", lw=1)
+        lyap.set_xlabel("training step")
+        lyap.set_ylabel("exponent (per time step)")
+        lyap.set_title(f"layer {layer}: top Lyapunov exponents")
+        for ax in (cond, lyap):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    return fig
+
+
+def credit_figure(
+    vector: tuple[list[int], list[list[float]]],
+    ratio: tuple[list[int], list[float]],
+    key_steps: list[int] | None,
+    title: str,
+) -> Figure:
+    """Left: the credit ratio ||dL/dx at the key inputs|| / ideal over training steps (1: the
+    gradient reaches the information in full; ~0: it does not). Right: ||dL/dx|| at each key
+    input (or, for a task without key inputs, at every input step) at the first, middle and
+    last instrumented steps."""
+    steps, rows_ = vector
+    if not steps:
+        return empty_figure(title, "no credit recorded (yet)")
+    fig = _figure(12, 4.6)
+    fig.suptitle(title)
+    left, right = fig.subplots(1, 2)
+    r_steps, r_values = ratio
+    if r_steps:
+        left.plot(r_steps, _finite(r_values), lw=1.2, label="credit ratio")
+        left.axhline(1.0, color="crimson", ls=":", lw=1, label="ideal")
+        if _positive(r_values):
+            left.set_yscale("log")
+        left.legend(fontsize=8)
+    else:
+        left.text(0.5, 0.5, "no key inputs: no ratio", ha="center", va="center", color="0.35")
+    left.set_xlabel("training step")
+    left.set_ylabel("||dL/dx_key|| / ideal")
+    left.set_title("credit ratio")
+    width = len(rows_[0])
+    xs = key_steps if key_steps is not None and len(key_steps) == width else list(range(width))
+    for i in sorted({0, len(steps) // 2, len(steps) - 1}):
+        right.plot(xs, _finite(rows_[i]), "o-", ms=3, label=f"step {steps[i]}")
+    if _positive([v for r in rows_ for v in r]):
+        right.set_yscale("log")
+    right.set_xlabel("key input (time step)" if r_steps else "input time step t")
+    right.set_ylabel("||dL/dx||")
+    right.set_title("credit per key input")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    right.legend(fontsize=8)
     return fig
 
 

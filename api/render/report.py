@@ -161,6 +161,11 @@ PLOT_CAPTIONS = {
     "after clipping.",
     "spectrum": "largest singular value (solid) and spectral radius (dashed) of W_hh; below the "
     "1/gamma line vanishing is guaranteed, above it exploding is possible.",
+    "lyapunov": "largest and smallest singular values of the Jacobian product over lags tau "
+    "(left), and the top finite-time Lyapunov exponents per time step over training (right): "
+    "above 0 perturbations grow, below 0 they shrink.",
+    "credit": "the gradient at the inputs that carry the task's information, against ideal credit "
+    "assignment (1: it reached them in full; ~0: it did not), and per key input.",
 }
 
 

@@ -1,6 +1,7 @@
 """An experiment's scalar series for other tools, read series by series (by name), each in
 step order, in a session of their own and a chunk at a time, so a long run never sits whole in
-memory. The vector series (temporal profiles) are in neither: they are in /gradients.
+memory. The vector series are in neither: the temporal profiles are in /gradients; credit per
+key input, reach, Lyapunov exponents, conditioning and the cell path in /dynamics.
 
 - GET /v1/experiments/{id}/export.csv: rows `step,name,value`, streamed. Non-finite values are
   written `nan`, `inf`, `-inf`.
@@ -91,7 +92,8 @@ def export_csv(
     owner: Owner, experiment_id: str, session: SessionDep, prefix: PrefixQuery = None
 ) -> StreamingResponse:
     """Every scalar series (loss, val_loss, lr, grad_norm_total, grad/<param>, clip/...,
-    spectrum/..., saturation/..., update_ratio/..., weight_norm/...) as `step,name,value`."""
+    spectrum/..., saturation/..., update_ratio/..., weight_norm/..., credit/ratio,
+    gates/<layer>/forget_mean, forget_near_1, forget_near_0) as `step,name,value`."""
     row = get_experiment(session, experiment_id, owner)
     return StreamingResponse(
         csv_rows(row.id, row.attempt, prefix),
@@ -183,7 +185,8 @@ def export_tensorboard(
     `tar xzf` then `tensorboard --logdir`. Tags group by their first part: `loss/train`,
     `loss/validation`, `accuracy/...`, `optimizer/lr`, `grad_norm/<param>` (before clipping),
     `grad_norm_global/before_clip` and `after_clip`, `clip/fired`, `spectrum/...`,
-    `saturation/...`, `update_ratio/...`, `weight_norm/...`. Values are float32 (TensorBoard's
+    `saturation/...`, `update_ratio/...`, `weight_norm/...`, `credit/ratio`, `gates/...`.
+    Values are float32 (TensorBoard's
     scalars); wall times are spread evenly over the run's duration by step. `prefix` picks
     stored series names as in export.csv (`grad/` gives the `grad_norm/` tags)."""
     row = get_experiment(session, experiment_id, owner)

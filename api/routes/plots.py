@@ -60,7 +60,9 @@ def experiment_plot(
     """`name`: `temporal` (heatmap of log10 ||dL/dh_t|| over time step x training step, per
     layer, with the profile at the first, middle and last instrumented steps), `loss` (with
     the task's baseline), `gradients` (per-parameter and global norms), `spectrum` (sigma_max
-    and spectral radius of W_hh per gate block, with the 1/gamma line). `fmt`: `png`, `svg`.
+    and spectral radius of W_hh per gate block, with the 1/gamma line), `lyapunov` (conditioning
+    over lags and the top Lyapunov exponents per layer), `credit` (the credit ratio and the
+    gradient at each key input). `fmt`: `png`, `svg`.
     No data yet: an empty image that says so."""
     fmt = _format(fmt)
     if name not in plots.NAMES:

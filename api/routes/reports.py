@@ -32,7 +32,7 @@ def _html(body: str) -> HTMLResponse:
     "/experiments/{experiment_id}/report", response_class=HTMLResponse, responses=HTML_RESPONSES
 )
 def experiment_report(owner: Owner, experiment_id: str, session: SessionDep) -> HTMLResponse:
-    """One self-contained HTML page: the diagnosis with its evidence and mitigations, the four
+    """One self-contained HTML page: the diagnosis with its evidence and mitigations, the
     plots (embedded PNGs), the summary, the events and the spec."""
     row = get_experiment(session, experiment_id, owner)
     images = {

@@ -418,3 +418,81 @@ def input_gradient(
     else:
         raise ValueError(f"no closed form for layer kind {kind!r}")
     return dz.flatten(2) @ w_ih  # (T, B, I)
+
+
+Points = tuple[Tensor, Tensor]  # (steps, examples), each (K, B): where to evaluate
+
+
+def _take(t: Tensor, at: Points | None) -> Tensor:
+    return t if at is None else t[at[0], at[1]]
+
+
+def _take_prev(t: Tensor, at: Points | None) -> Tensor:
+    """t_{s-1} at the points (zero where s = 0), or shifted(t) for every step."""
+    if at is None:
+        return shifted(t)
+    steps, cols = at
+    prev = t[(steps - 1).clamp(min=0), cols]
+    return prev * (steps > 0).view(*steps.shape, *[1] * (prev.dim() - 2)).to(prev.dtype)
+
+
+def preactivation_grads(
+    layer: nn.Module,
+    x: Tensor,
+    h: Tensor,
+    a: Tensor,
+    cell: Tensor | None,
+    recurrent: bool = True,
+    at: Points | None = None,
+) -> Tensor:
+    """From the total adjoints a = dL/dh_t (and for lstm `cell` = dL/dc_t), (T, B, H): the
+    gradient of the loss w.r.t. W_hh h_{t-1} + b_hh (`recurrent`), or W_ih x_t + b_ih, for
+    every t, (T, B, G*H), or only at the points `at` (K, B, G*H). They differ only in gru's n
+    gate, which reads r * (W_hn h + b_hn). dL/dW_hh at step t is its outer product with
+    h_{t-1}; dL/dx_t is it times W_ih."""
+    kind = layer_kind(layer)
+    with torch.no_grad():
+        if kind == "lstm":
+            g = gates(layer, x, h)
+            v, c, c_prev = _take(g.values, at), _take(g.cell, at), _take_prev(g.cell, at)
+            coef, _ = _lstm_coef(v, c, c_prev)  # (T or K, B, 4, H)
+            coef[:, :, :3] *= _take(cell, at).unsqueeze(2)
+            coef[:, :, 3] *= _take(a, at)
+            return coef.flatten(2)
+        if kind == "gru":
+            g = gates(layer, x, h)
+            r, z, n = _take(g.values, at).unbind(2)
+            dn = (1 - z) * (1 - n * n)
+            coef = torch.stack(
+                [
+                    dn * _take(g.hh_n, at) * (r - r * r),
+                    (_take_prev(h, at) - n) * (z - z * z),
+                    dn * r if recurrent else dn,
+                ],
+                2,
+            )
+            return (coef * _take(a, at).unsqueeze(2)).flatten(2)
+        return _take(a * activation_derivative(kind.split(":", 1)[1], layer, x, h), at)
+
+
+# The closed-form totals of an output tensor, while it lives: the temporal profile, the cell
+# path and the credit at the inputs all read them at the same step.
+_adjoint_cache: dict[int, tuple[int, Tensor, Tensor | None]] = {}
+
+
+def total_adjoint(layer: nn.Module, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor | None] | None:
+    """After backward, with h.grad retained: (dL/dh_t, dL/dc_t for lstm else None), each
+    (T, B, H), by the closed form (None for a layer without one), computed once per h."""
+    kind = layer_kind(layer)
+    if kind is None or kind == "step" or h.grad is None:
+        return None
+    key = id(h)
+    hit = _adjoint_cache.get(key)
+    if hit is not None and hit[0] == h._version:
+        return hit[1], hit[2]
+    cell = torch.empty_like(h) if kind == "lstm" else None
+    a = hidden_adjoint(layer, x, h, h.grad, "closed", cell)
+    if key not in _adjoint_cache:
+        weakref.finalize(h, _adjoint_cache.pop, key, None)
+    _adjoint_cache[key] = (h._version, a, cell)
+    return a, cell

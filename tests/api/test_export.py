@@ -202,3 +202,29 @@ def test_a_sweeps_runs_get_labels_and_run_names_of_their_own() -> None:
     assert run_name(runs[2]) == "clip_vs_length_cell=lstm_seed=0_cccccccc"
     alone = Experiment(id="d" * 8 + "-0000-0000-0000-000000000000", name="solo")
     assert run_label(alone) == "solo"
+
+
+LSTM_SMALL = {**SMALL, "model": {"cell": "lstm", "hidden_size": 8, "num_layers": 2}}
+
+
+def test_the_dynamics_scalars_are_exported(client, sessions, tmp_path: Path) -> None:
+    """credit/ratio and the forget-gate statistics are scalar series: in the CSV and in
+    TensorBoard with the values /dynamics serves (the vector series are served there only)."""
+    exp_id = run(sessions, LSTM_SMALL)
+    dynamics = client.get(f"/v1/experiments/{exp_id}/dynamics").json()
+    table = rows(client.get(f"/v1/experiments/{exp_id}/export.csv"))
+    tb = scalars(
+        tensorboard_run(client.get(f"/v1/experiments/{exp_id}/export/tensorboard"), tmp_path)
+    )
+    wanted = {"credit/ratio": dynamics["credit"]["ratio"]}
+    for layer in ("0", "1"):
+        for q in ("forget_mean", "forget_near_1", "forget_near_0"):
+            wanted[f"gates/{layer}/{q}"] = dynamics["gates"][layer][q]
+    for name, served in wanted.items():
+        mine = [r for r in table if r["name"] == name]
+        assert [int(r["step"]) for r in mine] == served["steps"] and served["steps"]
+        assert [float(r["value"]) for r in mine] == pytest.approx(served["values"], rel=1e-15)
+        assert [e.step for e in tb[name]] == served["steps"]
+        assert [e.value for e in tb[name]] == pytest.approx(served["values"], rel=1e-6)
+    vectors = ("credit", "lyapunov/", "conditioning/", "cell_temporal/", "reach/")
+    assert not any(r["name"] == "credit" or r["name"].startswith(vectors[1:]) for r in table)

@@ -39,8 +39,11 @@ def figure_of(sessions, exp_id: str, name: str):
         return experiment_figure(s, s.get(Experiment, exp_id), name)
 
 
+NAMES = ("temporal", "loss", "gradients", "spectrum", "lyapunov", "credit")
+
+
 def test_every_plot_as_png_and_svg(client, finished: str) -> None:
-    for name in ("temporal", "loss", "gradients", "spectrum"):
+    for name in NAMES:
         resp = client.get(f"/v1/experiments/{finished}/plots/{name}.png")
         assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
         png(resp.content)
@@ -94,7 +97,7 @@ def test_unknown_plot_or_format_or_owner_is_404(client, api_key, finished: str) 
 
 def test_no_data_yet_is_an_empty_valid_image(client, sessions) -> None:
     exp_id = add_experiment(sessions, SMALL)  # queued, never run
-    for name in ("temporal", "loss", "gradients", "spectrum"):
+    for name in NAMES:
         resp = client.get(f"/v1/experiments/{exp_id}/plots/{name}.png")
         assert resp.status_code == 200
         assert resp.content.startswith(PNG_MAGIC)
@@ -160,7 +163,7 @@ def test_experiment_report_page(client, finished: str) -> None:
     assert "default-src 'none'" in resp.headers["content-security-policy"]
     assert resp.headers["referrer-policy"] == "no-referrer"
     html = resp.text
-    assert len(report_images(html)) == 4
+    assert len(report_images(html)) == len(NAMES)
     exp = client.get(f"/v1/experiments/{finished}").json()
     assert f">{exp['diagnosis']['verdict']}</span>" in html
     assert "ratio_first_last" in html and "baseline_loss" in html
@@ -229,3 +232,34 @@ def test_a_title_says_the_status_once_when_the_verdict_is_the_same() -> None:
     assert _title(row, "loss") == "x (succeeded, vanishing): loss"
     row.diagnosis = None
     assert _title(row, "loss") == "x (succeeded): loss"
+
+
+DYNAMIC = {**SMALL, "model": {"cell": "lstm", "hidden_size": 8, "num_layers": 2}}
+DYNAMIC["instrument"] = {**SMALL["instrument"], "dynamics_every": 2}
+
+
+def test_lyapunov_and_credit_plots_hold_the_stored_numbers(client, sessions) -> None:
+    exp_id = run(sessions, DYNAMIC)
+    body = client.get(f"/v1/experiments/{exp_id}/dynamics").json()
+    fig = figure_of(sessions, exp_id, "lyapunov")
+    assert len(fig.axes) >= 4  # two panels a layer
+    cond, lyap = fig.axes[0], fig.axes[1]
+    last = body["conditioning"]["0"]["sigma_max"]
+    step = last["steps"][-1]
+    line = next(x for x in cond.lines if x.get_label() == f"sigma_max, step {step}")
+    assert list(line.get_xdata()) == body["conditioning"]["0"]["lags"]
+    assert list(line.get_ydata()) == pytest.approx(last["values"][-1])
+    exps = body["lyapunov"]["0"]
+    lam1 = next(x for x in lyap.lines if x.get_label() == "lambda_1")
+    assert list(lam1.get_xdata()) == exps["steps"]
+    assert list(lam1.get_ydata()) == pytest.approx([r[0] for r in exps["values"]])
+
+    fig = figure_of(sessions, exp_id, "credit")
+    ratio = next(x for x in fig.axes[0].lines if x.get_label() == "credit ratio")
+    assert list(ratio.get_ydata()) == pytest.approx(body["credit"]["ratio"]["values"])
+    vec = body["credit"]["vector"]
+    first = next(x for x in fig.axes[1].lines if x.get_label() == f"step {vec['steps'][0]}")
+    assert list(first.get_ydata()) == pytest.approx(vec["values"][0])
+    assert len(first.get_xdata()) == 2  # adding: the two marked values
+    page = client.get(f"/v1/experiments/{exp_id}/report").text
+    assert 'id="plot-lyapunov"' in page and 'id="plot-credit"' in page

@@ -43,9 +43,9 @@ def test_report_page_loads_in_chromium_with_its_images(
         browser.wait_for("document.body.dataset.imagesLoaded !== undefined")
         assert browser.url() == url
         assert browser.text("#status") == "succeeded"
-        # every image decoded in the browser: naturalWidth > 0 for 4 of 4
-        assert browser.data("body", "imagesLoaded") == "4/4"
-        assert browser.count("img") == 4
+        # every image decoded in the browser: naturalWidth > 0 for 6 of 6
+        assert browser.data("body", "imagesLoaded") == "6/6"
+        assert browser.count("img") == 6
 
         shot = browser.screenshot(tmp_path / "shot.png", max_height=1600)
         img = Image.open(shot)

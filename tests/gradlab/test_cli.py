@@ -59,7 +59,7 @@ def test_submit_wait_show_traces_report_plot(client, sessions, capsys, tmp_path:
 
     report = tmp_path / "report.html"
     assert cli(client, capsys, "report", exp["id"], "--out", str(report))[0] == 0
-    assert report.read_text().count('src="data:image/png;base64,') == 4
+    assert report.read_text().count('src="data:image/png;base64,') == 6
     plot = tmp_path / "t.svg"
     assert cli(client, capsys, "plot", exp["id"], "temporal", "--out", str(plot))[0] == 0
     assert plot.read_text().lstrip().startswith("<?xml") and "<svg" in plot.read_text()

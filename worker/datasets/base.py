@@ -57,6 +57,16 @@ class SequenceTask(ABC):
         assignment, from the gradient of the loss w.r.t. the prediction: (K,)."""
         raise NotImplementedError
 
+    def step_losses(self, pred: Tensor, target: Tensor) -> Tensor | None:
+        """Where the loss has a term at more than one step: those terms, (T, B), summing to
+        `loss(pred, target)`; None where the loss is read at one step."""
+        return None
+
+    def recall_steps(self) -> list[int]:
+        """The loss steps whose terms need the task's memory (copy: where the symbols are
+        recalled); [] for a task with one loss step."""
+        return []
+
     def is_solved(self, val_loss: float, val_accuracy: float | None) -> bool:
         if self.solved_accuracy is not None:
             return val_accuracy is not None and val_accuracy >= self.solved_accuracy

@@ -57,5 +57,15 @@ class CopyMemory(SequenceTask):
         symbols (0 for the blanks), averaged over the T + 20 positions. target: (T, B)."""
         return sum(entropy(row) for row in target) / target.shape[0]
 
+    def step_losses(self, pred: Tensor, target: Tensor) -> Tensor:
+        t_len, b = target.shape
+        per = F.cross_entropy(
+            pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none"
+        )
+        return per.view(t_len, b) / (t_len * b)  # (T, B): the mean as a sum
+
+    def recall_steps(self) -> list[int]:
+        return list(range(self.seq_len - N_COPY, self.seq_len))
+
     def accuracy(self, pred: Tensor, target: Tensor) -> Tensor:
         return (pred[-N_COPY:].argmax(-1) == target[-N_COPY:]).float().mean()

@@ -10,6 +10,7 @@ from worker.instruments.grad_norms import GradNorms
 from worker.instruments.loss import LossCurve
 from worker.instruments.lyapunov import Lyapunov
 from worker.instruments.nonfinite import FirstNonfinite
+from worker.instruments.reach import Reach
 from worker.instruments.saturation import Saturation
 from worker.instruments.spectrum import Spectrum
 from worker.instruments.temporal import TemporalProfile
@@ -26,6 +27,7 @@ OPTIONAL: dict[str, type[Instrument]] = {
     "gates": ForgetGates,
     "credit": Credit,
     "lyapunov": Lyapunov,
+    "reach": Reach,
 }
 
 

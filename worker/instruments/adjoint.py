@@ -5,6 +5,7 @@ from gradlab.instruments.adjoint import (
     CHUNK,
     Gates,
     LayerWeights,
+    Points,
     _gates,
     _lstm_coef,
     activation_derivative,
@@ -13,7 +14,9 @@ from gradlab.instruments.adjoint import (
     hidden_adjoint,
     input_gradient,
     layer_kind,
+    preactivation_grads,
     shifted,
+    total_adjoint,
     unrolled,
 )
 
@@ -21,6 +24,7 @@ __all__ = [
     "CHUNK",
     "Gates",
     "LayerWeights",
+    "Points",
     "_gates",
     "_lstm_coef",
     "activation_derivative",
@@ -29,6 +33,8 @@ __all__ = [
     "hidden_adjoint",
     "input_gradient",
     "layer_kind",
+    "preactivation_grads",
     "shifted",
+    "total_adjoint",
     "unrolled",
 ]

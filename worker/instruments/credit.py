@@ -15,7 +15,9 @@ barely read at any lag (a shut input gate, small input weights), not that the gr
 through time; only a low ratio that also decayed with the lag is vanishing.
 
 dL/dx is the vector-Jacobian product of the first layer with the gradient its output received
-(no other path leads from x to the loss), recomputed on the batch with x.requires_grad."""
+(no other path leads from x to the loss): from the closed-form adjoint the temporal profile
+computes (shared, not recomputed), dL/dx_t = dL/d(W_ih x_t) W_ih; for a layer without a
+closed form, from the layer recomputed on the batch with x.requires_grad."""
 
 from __future__ import annotations
 
@@ -25,19 +27,27 @@ from typing import Any
 import torch
 
 from core.diagnosis import WINDOW_STEPS
+from worker.instruments.adjoint import Points, preactivation_grads, total_adjoint
 from worker.instruments.base import Instrument, Run, StepContext
 
 
-def input_gradient(run: Run, ctx: StepContext) -> torch.Tensor | None:
-    """dL/dx (T, B, I) from the first layer's retained output gradient."""
-    h = ctx.output.layers[0]
+def input_gradient(run: Run, ctx: StepContext, at: Points | None = None) -> torch.Tensor | None:
+    """dL/dx (T, B, I), or at the points `at` only (K, B, I), from the first layer's retained
+    output gradient: its closed-form adjoint's pre-activation gradients times W_ih (shared
+    with the temporal profile), or for a layer without one, a vector-Jacobian product of the
+    layer recomputed on x."""
+    layer, h = run.model.rnn[0], ctx.output.layers[0]
     if h.grad is None or ctx.x is None:
         return None
+    shared = total_adjoint(layer, ctx.x, h)
+    if shared is not None:
+        dz = preactivation_grads(layer, ctx.x, h, *shared, recurrent=False, at=at)
+        return dz @ layer.weight_ih_l0.detach()  # (T or K, B, G*H) x (G*H, I)
     with torch.enable_grad():
         x = ctx.x.detach().requires_grad_()
-        (again, _) = run.model.rnn[0](x)
+        (again, _) = layer(x)
         (dx,) = torch.autograd.grad(again, x, h.grad)
-    return dx
+    return dx if at is None else dx[at[0], at[1]]
 
 
 def prediction_gradient(run: Run, ctx: StepContext) -> torch.Tensor:
@@ -59,17 +69,21 @@ class Credit(Instrument):
             h.retain_grad()
 
     def after_backward(self, run: Run, ctx: StepContext) -> None:
-        if not run.instrumented or (dx := input_gradient(run, ctx)) is None:
+        if not run.instrumented or ctx.x is None:
             return
         keys = run.task.key_inputs(ctx.x)
         ratio = decay = None
         if keys is None:
+            if (dx := input_gradient(run, ctx)) is None:
+                return
             per_key = dx.flatten(1).norm(dim=1)  # (T,): the profile over the input
             key_steps = list(range(dx.shape[0]))
         else:
             steps, channels = keys  # (K, B)
-            cols = torch.arange(dx.shape[1], device=dx.device)
-            per_key = dx[steps, cols][..., channels].flatten(1).norm(dim=1)  # (K,)
+            cols = torch.arange(steps.shape[1], device=steps.device).expand_as(steps)
+            if (dx := input_gradient(run, ctx, (steps, cols))) is None:  # (K, B, I)
+                return
+            per_key = dx[..., channels].flatten(1).norm(dim=1)  # (K,)
             ideal = run.task.ideal_credit(prediction_gradient(run, ctx))
             ratio = per_key.norm() / ideal.norm()
             run.recorder.record("credit/ratio", ctx.step, ratio)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core import series
 from core.diagnosis import WINDOW_STEPS
 from worker.instruments.base import Instrument, Run, StepContext
 from worker.instruments.jacobians import Jacobians, step_jacobians
@@ -31,19 +32,24 @@ BLOCK = 32  # step Jacobians built at a time
 
 
 def exponents(jac: Jacobians, t_len: int, size: int, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k exponents of the product of the T step Jacobians, and the mean ln|det J_t|."""
+    """Top-k exponents of the product of the T step Jacobians, and the mean ln|det J_t| (in
+    closed form where `jac.log_det` has it, else by LU: at S = 256 the LU is the cost)."""
     first = jac(0, 1)
     q = torch.eye(size, min(k, size), dtype=first.dtype, device=first.device)
     total = torch.zeros(q.shape[1], dtype=torch.float64, device=first.device)
+    known = getattr(jac, "log_det", None)
     logdet = torch.zeros((), dtype=torch.float64, device=first.device)
     for s in range(0, t_len, BLOCK):
         block = jac(s, min(s + BLOCK, t_len))  # (L, S, S)
-        logdet += torch.linalg.slogdet(block)[1].double().sum()
+        if known is None:
+            logdet += torch.linalg.slogdet(block)[1].double().sum()
         for j0 in range(0, block.shape[0], QR_EVERY):
             for j in block[j0 : j0 + QR_EVERY]:
                 q = j @ q
             q, r = torch.linalg.qr(q)
             total += torch.diagonal(r).abs().log().double()
+    if known is not None:
+        logdet = known[:t_len].sum()
     return total / t_len, logdet / t_len
 
 
@@ -65,7 +71,7 @@ def conditioning(jac: Jacobians, t_len: int, lags: list[int]) -> tuple[Tensor, T
 
 
 def default_lags(t_len: int) -> list[int]:
-    return [2**i for i in range(t_len.bit_length()) if 2**i <= min(t_len, MAX_LAG)]
+    return series.conditioning_lags(min(t_len, MAX_LAG).bit_length())  # 1, 2, 4, ... <= T
 
 
 class Lyapunov(Instrument):

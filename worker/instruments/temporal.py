@@ -15,12 +15,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from core.diagnosis import WINDOW_STEPS, profile_evidence
 from models import RecurrentOutput
-from worker.instruments.adjoint import hidden_adjoint, layer_kind
+from worker.instruments.adjoint import hidden_adjoint, total_adjoint
 from worker.instruments.base import Instrument, Run, StepContext
 
 Profiles = list[Tensor | None]
@@ -41,8 +40,12 @@ def all_profiles(
     hs: Profiles = []
     cs: Profiles = []
     for layer, x, h in zip(layers, output.inputs, output.layers, strict=True):
-        cell = torch.empty_like(h) if layer_kind(layer) == "lstm" and method == "closed" else None
-        a = None if h.grad is None else hidden_adjoint(layer, x, h, h.grad, method, cell)
+        shared = total_adjoint(layer, x, h) if method == "closed" else None
+        if shared is not None:  # the closed form, kept for the other readers of this step
+            a, cell = shared
+        else:
+            cell = None
+            a = None if h.grad is None else hidden_adjoint(layer, x, h, h.grad, method)
         hs.append(None if a is None else a.flatten(1).norm(dim=1))  # (T,)
         cs.append(None if a is None or cell is None else cell.flatten(1).norm(dim=1))
     return hs, cs

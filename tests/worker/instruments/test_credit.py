@@ -125,3 +125,37 @@ def test_contracting_tanh_rnn_gives_no_credit() -> None:
     # The first marker is at least 30 steps back: 0.5^30 ~ 1e-9 of the ideal at most; the
     # second may sit anywhere in the second half, so the ratio over both stays below 1/sqrt 2.
     assert first / ideal < 1e-6 and window["ratio"] < 0.75
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_credit_of_a_layer_without_closed_form_is_recomputed(cell: str) -> None:
+    """Layer norm inside the recurrence: no closed-form adjoint, so the layer is recomputed."""
+    spec = make_spec(model={"cell": cell, "norm": "layer"}, train={"steps": 2, "dtype": "float64"})
+    ref = Reference()
+    res = train(spec, [ref, Credit()])
+    for row, step in enumerate(res.batch.series["credit"][0]):
+        per_key, ratio = expected("adding", *ref.seen[step])
+        np.testing.assert_allclose(res.batch.series["credit"][1][row], per_key.numpy(), rtol=1e-10)
+        assert res.summary["credit"]["window"][row]["ratio"] == pytest.approx(ratio, rel=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_preactivation_grads_at_points_are_the_full_ones_taken_there(cell: str) -> None:
+    from models import RecurrentNet
+    from worker.instruments.adjoint import preactivation_grads, total_adjoint
+    from worker.instruments.temporal import retain
+
+    torch.manual_seed(0)
+    net = RecurrentNet(3, 1, cell=cell, hidden_size=6).double()
+    x = torch.randn(9, 4, 3, dtype=torch.float64)
+    out = net(x)
+    retain(out)
+    net.head(out.top).pow(2).sum().backward()
+    layer, h = net.rnn[0], out.layers[0]
+    shared = total_adjoint(layer, x, h)
+    steps = torch.tensor([[0, 3, 8, 0], [5, 0, 1, 8]])  # (K, B), step 0 included
+    cols = torch.arange(4).expand_as(steps)
+    for recurrent in (True, False):
+        full = preactivation_grads(layer, x, h, *shared, recurrent=recurrent)
+        some = preactivation_grads(layer, x, h, *shared, recurrent=recurrent, at=(steps, cols))
+        assert torch.equal(some, full[steps, cols])

@@ -64,6 +64,7 @@ def test_instrument_toggles_in_the_spec() -> None:
         "gates",
         "credit",
         "lyapunov",
+        "reach",
     ]
     only = default_instruments(make_spec(instrument={"on": ["spectrum"]}))
     assert [i.name for i in only] == ["loss", "grad_norms", "nonfinite", "spectrum"]
