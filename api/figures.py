@@ -13,7 +13,7 @@ from core import series
 from core.diagnosis import GAMMA
 from core.settings import get_settings
 from core.tables import Experiment
-from core.traces import Window, at_steps, concat, load_prefixed, load_series, read_series, rows
+from core.traces import Window, at_steps, read_series
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,16 +100,17 @@ def experiment_figure(session: Session, row: Experiment, name: str) -> Figure:
     if name == "lyapunov":
         layers: dict[str, dict[str, Any]] = {}
         for group in (series.LYAPUNOV, series.CONDITIONING):
-            for name_, chunks in load_prefixed(session, row, series.prefix(group)).items():
+            found = read_series(session, row, prefix=series.prefix(group), pick=line)
+            for name_, points in found.items():
                 layer, *rest = series.keys(name_, group)
-                layers.setdefault(layer, {})["/".join([group, *rest])] = rows(chunks)
+                layers.setdefault(layer, {})["/".join([group, *rest])] = points
         return plots.lyapunov_figure(layers, _title(row, "Lyapunov exponents and conditioning"))
     if name == "credit":
-        found = load_series(session, row, [series.CREDIT, series.CREDIT_RATIO])
+        found = read_series(session, row, names=[series.CREDIT, series.CREDIT_RATIO], pick=line)
         window = ((row.summary or {}).get("credit") or {}).get("window") or [{}]
         return plots.credit_figure(
-            rows(found[series.CREDIT]),
-            concat(found[series.CREDIT_RATIO]),
+            found.get(series.CREDIT, NONE),
+            found.get(series.CREDIT_RATIO, NONE),
             window[-1].get("key_steps"),
             _title(row, "credit at the inputs that matter"),
         )

@@ -10,29 +10,29 @@ from api.deps import Owner, SessionDep, Thinning
 from api.responses import FastJSON
 from core import series
 from core.owned import get_experiment
-from core.tables import SeriesChunk
-from core.traces import concat, load_prefixed, load_series, rows
+from core.traces import read_series
 
 router = APIRouter(prefix="/v1/experiments", tags=["traces"])
 
 
-def _vectors(thin: Thinning, chunks: list[SeriesChunk]) -> dict[str, list]:
-    steps, values = rows(chunks)
-    keep = thin.indices(steps)
-    return {"steps": [steps[i] for i in keep], "values": [values[i] for i in keep]}
+Points = dict[str, tuple[list[int], list[Any]]]
 
 
-def _scalars(thin: Thinning, chunks: list[SeriesChunk]) -> dict[str, list]:
-    steps, values = thin.apply(*concat(chunks))
+def _points(found: Points, name: str) -> dict[str, list] | None:
+    if name not in found:
+        return None
+    steps, values = found[name]
     return {"steps": steps, "values": values}
 
 
-def _by_layer(session: SessionDep, row: Any, group: str) -> dict[str, dict[str, list[SeriesChunk]]]:
-    """group/{layer}[/{quantity}] -> {layer: {quantity or "": chunks}}."""
-    out: dict[str, dict[str, list[SeriesChunk]]] = {}
-    for name, chunks in sorted(load_prefixed(session, row, series.prefix(group)).items()):
+def _by_layer(session: SessionDep, row: Any, group: str, pick: Any) -> dict[str, Points]:
+    """group/{layer}[/{quantity}] -> {layer: {quantity or "": (steps, values)}}, read bounded
+    (only the points kept are decoded)."""
+    out: dict[str, Points] = {}
+    found = read_series(session, row, prefix=series.prefix(group), pick=pick)
+    for name in sorted(found):
         layer, *rest = series.keys(name, group)
-        out.setdefault(layer, {})["/".join(rest)] = chunks
+        out.setdefault(layer, {})["/".join(rest)] = found[name]
     return out
 
 
@@ -63,48 +63,46 @@ def read_dynamics(
     """
     row = get_experiment(session, experiment_id, owner)
     summary = row.summary or {}
-    credit = load_series(session, row, [series.CREDIT, series.CREDIT_RATIO])
+    pick = thin.window().pick
+    credit = read_series(session, row, names=[series.CREDIT, series.CREDIT_RATIO], pick=pick)
     out: dict[str, Any] = {
         "credit": {
-            "vector": _vectors(thin, credit[series.CREDIT]) if credit[series.CREDIT] else None,
-            "ratio": _scalars(thin, credit[series.CREDIT_RATIO])
-            if credit[series.CREDIT_RATIO]
-            else None,
+            "vector": _points(credit, series.CREDIT),
+            "ratio": _points(credit, series.CREDIT_RATIO),
             "key_steps": _last_window(summary, "credit").get("key_steps"),
         }
     }
     reach = summary.get("reach") or {}
     out["reach"] = {
         layer: {
-            "lags": _vectors(thin, q[""]) if "" in q else None,
+            "lags": _points(q, ""),
             "matrix": {
-                **(_vectors(thin, q["matrix"]) if "matrix" in q else {"steps": [], "values": []}),
+                **(_points(q, "matrix") or {"steps": [], "values": []}),
                 "lags": reach.get("lags"),
                 "terms": reach.get("terms"),
             },
             "w_hh_split": {
-                **(_vectors(thin, q["w_hh_split"]) if "w_hh_split" in q else {}),
+                **(_points(q, "w_hh_split") or {}),
                 "bins": reach.get("split_bins"),
             },
         }
-        for layer, q in _by_layer(session, row, series.REACH).items()
+        for layer, q in _by_layer(session, row, series.REACH, pick).items()
     }
     out["lyapunov"] = {
-        layer: _vectors(thin, q[""])
-        for layer, q in _by_layer(session, row, series.LYAPUNOV).items()
+        layer: _points(q, "") for layer, q in _by_layer(session, row, series.LYAPUNOV, pick).items()
     }
     out["conditioning"] = {}
-    for layer, q in _by_layer(session, row, series.CONDITIONING).items():
-        entry: dict[str, Any] = {k: _vectors(thin, c) for k, c in sorted(q.items())}
-        width = next((c[0].width for c in q.values() if c), 0)
+    for layer, q in _by_layer(session, row, series.CONDITIONING, pick).items():
+        entry: dict[str, Any] = {k: _points(q, k) for k in sorted(q)}
+        width = next((len(values[0]) for _, values in q.values() if values), 0)
         entry["lags"] = series.conditioning_lags(width)
         out["conditioning"][layer] = entry
     out["cell_temporal"] = {
-        layer: _vectors(thin, q[""])
-        for layer, q in _by_layer(session, row, series.CELL_TEMPORAL).items()
+        layer: _points(q, "")
+        for layer, q in _by_layer(session, row, series.CELL_TEMPORAL, pick).items()
     }
     out["gates"] = {
-        layer: {k: _scalars(thin, c) for k, c in sorted(q.items())}
-        for layer, q in _by_layer(session, row, series.GATES).items()
+        layer: {k: _points(q, k) for k in sorted(q)}
+        for layer, q in _by_layer(session, row, series.GATES, pick).items()
     }
     return FastJSON(out)
