@@ -19,6 +19,8 @@ def encode_cursor(row: Any) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        if "\x00" in row_id:  # not one of ours, and PostgreSQL cannot compare it
+            raise ValueError("NUL in the cursor")
         return datetime.fromisoformat(created), row_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise Problem(

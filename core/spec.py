@@ -448,20 +448,36 @@ def estimated_cost(spec: ExperimentCreate, dataset: TaskShape | None = None) -> 
     return float(t.steps * t.batch_size * shape.seq_len) * gates * per_step
 
 
-VALIDATION_BATCH = 256  # the held-out batch every validation runs (worker/datasets/base.py)
+# The held-out set (worker/datasets/base.py: VAL_SIZE) is evaluated in chunks of about
+# VAL_CHUNK_ELEMENTS hidden-state entries (worker/train.py), 16 to 1024 examples a chunk.
+VAL_SIZE = 4096
+VAL_CHUNK_ELEMENTS = 2**23
+MAX_INPUT_SIZE = 10  # the widest task input (copy: 8 symbols, blank, delimiter)
+
+
+def validation_chunk(spec: ExperimentCreate) -> int:
+    """Examples the validation forward pass holds at once."""
+    m = spec.model
+    per_example = seq_len_of(spec.task) * m.hidden_size * m.num_layers
+    per_example *= 2 if m.cell == "lstm" else 1
+    return max(16, min(1024, VAL_CHUNK_ELEMENTS // max(per_example, 1)))
+
+
 # Peak floats a worker holds per (example x time step x unit x layer), fitted to measured peaks
 # with a margin (bench/worker_memory.py; tests/worker/test_memory_budget.py holds
 # measured <= estimate <= 3 x measured). Training: the activations autograd keeps, their
 # gradients, the temporal adjoint's recomputed gates; per training example. Validation: the
-# held-out batch's forward pass without autograd; per validation example. "loop": layers run
-# as a python loop over time (norm cells, activations with no fused kernel), which keep every
-# step's intermediates. Measured with every instrument on (floats an element, training /
-# validation), fused: rnn 6.5 / 3.7, lstm 14.9 / 1.7, gru 17.1 / 5.8; loop: rnn 15.9 / 12.6,
-# lstm 53.0 / 15.5, gru 34.1 / 20.6; the factors below are about 1.25 times these.
+# held-out set's forward pass without autograd, a chunk at a time; per example of a chunk.
+# "loop": layers run as a python loop over time (norm cells, activations with no fused
+# kernel), which keep every step's intermediates. Measured with every instrument on (floats
+# an element, training / validation a chunk's example), fused: rnn 6.5 / 4.5,
+# lstm 15.2 / 3.7, gru 17.4 / 6.7; loop: rnn 17.1 / 5.2, lstm 39.4 / 16.5, gru 36.2 / 8.2
+# (layer norm; an rnn with no fused activation 15.5 / 4.0). The factors below are about
+# 1.25 times these.
 TRAIN_FLOATS = {"rnn": 8.0, "lstm": 18.5, "gru": 21.0}
 TRAIN_FLOATS_LOOP = {"rnn": 20.0, "lstm": 66.0, "gru": 42.0}
-VAL_FLOATS = {"rnn": 4.6, "lstm": 3.0, "gru": 7.3}
-VAL_FLOATS_LOOP = {"rnn": 15.5, "lstm": 19.5, "gru": 26.0}
+VAL_FLOATS = {"rnn": 5.6, "lstm": 4.6, "gru": 8.4}
+VAL_FLOATS_LOOP = {"rnn": 6.5, "lstm": 20.6, "gru": 10.3}
 FUSED_ACTIVATIONS = ("tanh", "relu")
 JACOBIAN_BLOCK = 32  # step Jacobians the lyapunov instrument builds at a time
 MAX_LAG = 64  # the longest lag of its conditioning series
@@ -479,9 +495,13 @@ def estimated_memory(spec: ExperimentCreate, dataset: TaskShape | None = None) -
     val_floats = (VAL_FLOATS_LOOP if looped else VAL_FLOATS)[m.cell]
     elements = task_shape(spec.task, dataset).seq_len * m.hidden_size * m.num_layers  # per example
     weights = GATE_BLOCKS[m.cell] * m.hidden_size * (2 * m.hidden_size + 2) * m.num_layers
+    # Training also holds about one layer's worth more whatever the depth (the top output's
+    # gradient, the head, the input-gradient instrument): measured a + c per layer with c
+    # close to a (gru: 10.6 x layers + 13.5), so the layers are counted once more.
     floats = (
-        t.batch_size * elements * train_floats
-        + VALIDATION_BATCH * elements * val_floats
+        t.batch_size * elements * (m.num_layers + 1) / m.num_layers * train_floats
+        + validation_chunk(spec) * elements * val_floats
+        + VAL_SIZE * seq_len_of(spec.task) * MAX_INPUT_SIZE  # the held-out inputs, all of them
         + 6 * weights  # weights, gradients, two optimiser moments, the update ratio's copy
     )
     state = m.hidden_size * (2 if m.cell == "lstm" else 1)  # the state a step Jacobian maps

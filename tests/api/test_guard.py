@@ -3,6 +3,7 @@ anything is stored (README, "Security and reliability"): NUL bytes, NaN and Infi
 nesting, sizes, headers; a 500 carries its request id; unknown keys are rate-limited."""
 
 import asyncio
+import base64
 import json
 import secrets
 import threading
@@ -38,6 +39,9 @@ def test_nul_bytes_are_refused_everywhere(client, sessions) -> None:
     ]:
         assert_problem(client.get(path), 400, field)
     assert_problem(client.post("/v1/experiments/%00/cancel"), 400, "path")
+    # a cursor is decoded by the route: one carrying a NUL is refused there
+    forged = base64.urlsafe_b64encode(b"2026-01-01T00:00:00+00:00|x\x00").decode()
+    assert_problem(client.get("/v1/experiments", params={"cursor": forged}), 400, "cursor")
     assert stored(client)[0] == 1
 
 
