@@ -236,6 +236,7 @@ def spectrum_figure(
             ax.axhline(bound, color="crimson", ls=":", label=f"1/gamma = {bound:.3g}")
         ax.set_title(f"layer {layer}: W_hh")
         ax.set_xlabel("training step")
+        ax.set_ylabel("singular value / spectral radius")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return fig

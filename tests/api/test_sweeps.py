@@ -103,3 +103,18 @@ def test_comparison_and_cancel(client, sessions) -> None:
 def test_presets_are_listed(client) -> None:
     presets = client.get("/v1/sweeps/presets").json()
     assert "adding-mitigations" in presets
+
+
+def test_a_sweep_posted_as_curl_posts_it_is_read_as_json(client) -> None:
+    """curl -d sends a form content type: the body is read as JSON whatever the type says,
+    as POST /v1/experiments does."""
+    import json
+
+    base = {"train": {"steps": 5}, "model": {"hidden_size": 4}}
+    ok = json.dumps({"base": base, "grid": {"model.cell": ["rnn", "gru"]}}).encode()
+    body = json.dumps({"base": base, "grid": {"seed": [1, 2]}}).encode()  # seeds go in `seeds`
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    resp = client.post("/v1/sweeps", content=ok, headers=form)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["experiments"] == 2
+    assert client.post("/v1/sweeps", content=body, headers=form).status_code == 422
