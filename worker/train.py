@@ -73,8 +73,9 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
     return net
 
 
-def forward(run: Run, x: Tensor) -> tuple[RecurrentOutput, Tensor]:
-    out = run.model(x)
+def forward(run: Run, x: Tensor, per_layer: bool = True) -> tuple[RecurrentOutput, Tensor]:
+    """per_layer=False lets a plain stack take torch's fused multi-layer kernel (`top` only)."""
+    out = run.model(x, per_layer=per_layer)
     pred = run.model.head(out.top[-1] if run.task.readout == "last" else out.top)
     return out, pred
 
@@ -140,7 +141,7 @@ class Validator:
                 if run.task.readout == "all"
                 else self.y[s : s + self.chunk]
             )
-            _, pred = forward(run, xb)
+            _, pred = forward(run, xb, per_layer=False)
             n = xb.shape[1]
             loss_sum += float(run.task.loss(pred, yb)) * n
             acc = run.task.accuracy(pred, yb)
@@ -206,14 +207,17 @@ def train(
         x = x.to(device, dtype, non_blocking=True)
         y = y.to(device, dtype if y.is_floating_point() else None, non_blocking=True)
 
-        out, pred = forward(run, x)
+        floss = spec.train.flossing
+        flossing_step = floss is not None and step % floss.every == 0
+        # The instruments (and the flossing penalty) read every layer's sequence; the other
+        # steps take the fused multi-layer kernel where the stack allows it.
+        out, pred = forward(run, x, per_layer=run.instrumented or flossing_step)
         loss = task.loss(pred, y)
         ctx = StepContext(step, out, pred.detach(), loss.detach(), x, y)
         for ins in instruments:
             ins.before_backward(run, ctx)
         extra = penalty(model, spec.train.l1, spec.train.l2)
-        floss = spec.train.flossing
-        if floss is not None and step % floss.every == 0:
+        if flossing_step:
             term = floss.weight * flossing_penalty(model, out, floss.k)
             extra = term if extra is None else extra + term
         optimizer.zero_grad(set_to_none=True)
@@ -233,6 +237,11 @@ def train(
                 ctx.grad_norm_value, ctx.norm_overflow = float(norm), True
                 run.recorder.event(step, "norm_overflow", grad_norm=ctx.grad_norm_value)
         ctx.finite = math.isfinite(ctx.loss_value) and math.isfinite(ctx.grad_norm_value)
+        if not ctx.finite and not out.per_layer:
+            # Locating the first non-finite value needs every layer's sequence: the same
+            # forward again, per layer (the weights have not moved).
+            with torch.no_grad():
+                out = ctx.output = model(x)
         for ins in instruments:
             ins.after_backward(run, ctx)
 

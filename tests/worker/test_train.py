@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,29 @@ def test_chunked_validation_equals_one_pass_over_the_whole_set(task: dict) -> No
     result = train(s, default_instruments(s))
     assert result.summary["val_size"] == 4096
     assert result.summary["baseline_loss_val"] == pytest.approx(t.constant_baseline(v.y))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_fused_steps_train_exactly_as_per_layer_steps(cell: str) -> None:
+    """Two layers: the steps between instrumented ones take the fused kernel; on the CPU the
+    run is bit-identical to one that goes per layer at every step."""
+    over = {"model": {"cell": cell, "num_layers": 2}, "train": {"steps": 12}}
+    fused = train(spec(**over, instrument={"every": 5, "on": []}), ())
+    per_layer = train(spec(**over, instrument={"every": 1, "on": []}), ())
+    loss_f, loss_p = (r.batch.series["val_loss"][1] for r in (fused, per_layer))
+    assert np.array_equal(loss_f, loss_p)
+
+
+def test_a_nonfinite_fused_step_is_located_per_layer() -> None:
+    """The step that blows up is not instrumented: the loop goes per layer again to find the
+    first non-finite activation, as an instrumented step would have."""
+    over = {**EXPLODING, "model": {"activation": "relu", "num_layers": 2, "init": {"gain": 1.3}}}
+    located = []
+    for every in (1000, 1):
+        s = spec(**over, instrument={"every": every, "on": []})
+        result = train(s, default_instruments(s))
+        (event,) = [e for e in result.batch.events if e["kind"] == "nonfinite"]
+        located.append((event["step"], event["detail"]["origin"]))
+    assert located[0] == located[1]
+    step, origin = located[0]
+    assert step == 1 and origin["where"] == "activation" and origin["time_step"] > 0
