@@ -3,8 +3,9 @@ by `every`, `max_points`, `from_step`, `to_step`."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
+from api.binary import NPZ_RESPONSE, npz_response, wants_npz
 from api.deps import Owner, SessionDep, Thinning
 from api.responses import FastJSON
 from core import series
@@ -15,10 +16,14 @@ from core.traces import concat, load_prefixed, load_series, rows
 router = APIRouter(prefix="/v1/experiments", tags=["traces"])
 
 
-@router.get("/{experiment_id}/metrics")
+@router.get("/{experiment_id}/metrics", responses=NPZ_RESPONSE)
 def read_metrics(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
+    owner: Owner,
+    experiment_id: str,
+    session: SessionDep,
+    thin: Annotated[Thinning, Depends()],
+    request: Request,
+) -> Response:
     """Training loss (and accuracy) per step; validation loss (and accuracy) where measured;
     the learning rate at the instrumented steps."""
     row = get_experiment(session, experiment_id, owner)
@@ -27,6 +32,8 @@ def read_metrics(
         row,
         [series.LOSS, series.ACCURACY, series.VAL_LOSS, series.VAL_ACCURACY, series.LR],
     )
+    if wants_npz(request):
+        return npz_response(found, thin, "metrics")
     steps, loss = concat(found[series.LOSS])
     idx = thin.indices(steps)
     out: dict[str, Any] = {"steps": [steps[i] for i in idx], "loss": [loss[i] for i in idx]}
@@ -42,10 +49,14 @@ def read_metrics(
     return FastJSON(out)
 
 
-@router.get("/{experiment_id}/gradients")
+@router.get("/{experiment_id}/gradients", responses=NPZ_RESPONSE)
 def read_gradients(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
+    owner: Owner,
+    experiment_id: str,
+    session: SessionDep,
+    thin: Annotated[Thinning, Depends()],
+    request: Request,
+) -> Response:
     """Gradients at the instrumented steps, thinned by `every`, `max_points`, `from_step`,
     `to_step` (applied to each series' own steps):
 
@@ -58,6 +69,10 @@ def read_gradients(
       `layers` is empty when the temporal instrument was off."""
     row = get_experiment(session, experiment_id, owner)
     found = load_series(session, row, [series.GRAD_NORM_TOTAL, series.CLIP_AFTER])
+    if wants_npz(request):
+        for group in (series.GRAD, series.TEMPORAL):
+            found |= load_prefixed(session, row, series.prefix(group))
+        return npz_response(found, thin, "gradients")
     steps, norms = concat(found[series.GRAD_NORM_TOTAL])
     idx = thin.indices(steps)
     params = {
@@ -98,10 +113,14 @@ def _thinned(thin: Thinning, chunks: list[SeriesChunk]) -> dict[str, list]:
     return {"steps": steps, "values": values}
 
 
-@router.get("/{experiment_id}/instruments")
+@router.get("/{experiment_id}/instruments", responses=NPZ_RESPONSE)
 def read_instruments(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
+    owner: Owner,
+    experiment_id: str,
+    session: SessionDep,
+    thin: Annotated[Thinning, Depends()],
+    request: Request,
+) -> Response:
     """The other instruments' series, each `{"steps": [...], "values": [...]}` and thinned by
     `every`, `max_points`, `from_step`, `to_step`; a group is `{}` when its instrument was off.
 
@@ -117,6 +136,12 @@ def read_instruments(
       after clipping, instrumented steps), `fired_fraction` (over all applied steps, unthinned).
     """
     row = get_experiment(session, experiment_id, owner)
+    if wants_npz(request):
+        groups = (series.SPECTRUM, series.SATURATION, series.UPDATE_RATIO, series.WEIGHT_NORM)
+        found = load_series(session, row, [series.CLIP_FIRED, series.CLIP_AFTER])
+        for group in groups:
+            found |= load_prefixed(session, row, series.prefix(group))
+        return npz_response(found, thin, "instruments")
     out: dict[str, Any] = {"spectrum": {}, "saturation": {}, "update_ratio": {}, "weight_norm": {}}
     for name, chunks in sorted(load_prefixed(session, row, series.prefix(series.SPECTRUM)).items()):
         layer, block, quantity = series.keys(name, series.SPECTRUM)
