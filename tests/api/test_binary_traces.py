@@ -99,3 +99,15 @@ def test_another_owners_experiment_is_404_in_npz_too(client, api_key, finished: 
     other = {**NPZ, "Authorization": f"Bearer {api_key('someone-else')}"}
     r = client.get(f"/v1/experiments/{finished}/gradients", headers=other)
     assert r.status_code == 404
+
+
+def test_the_python_client_reads_the_arrays(client, finished: str) -> None:
+    from gradlab import Client
+
+    gl = Client(http=client)
+    arrays = gl.arrays(finished, "gradients", every=2)
+    body = client.get(f"/v1/experiments/{finished}/gradients", params={"every": 2}).json()
+    assert arrays["temporal/0/values"].tolist() == body["temporal"]["layers"][0]["values"]
+    both = gl.traces(finished, arrays=None)  # numpy is here: arrays
+    assert both["metrics"]["loss/values"].shape == (30,)
+    assert gl.traces(finished)["metrics"]["steps"] == list(range(30))  # JSON by default
