@@ -36,22 +36,29 @@ def wants_npz(request: Request) -> bool:
     return NPZ in request.headers.get("accept", "")
 
 
+PIECE = 1 << 20  # bytes a streamed piece: each piece costs a trip through the server's send
+
+
 class _Sink:
-    """A write-only stream for zipfile (it then writes data descriptors, no seeking)."""
+    """A write-only stream for zipfile (it then writes data descriptors, no seeking) that
+    hands out what was written in pieces of about PIECE bytes."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
+        self.size = 0
 
     def write(self, data: bytes) -> int:
         self.parts.append(bytes(data))
+        self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
         pass
 
-    def drain(self) -> Iterator[bytes]:
-        parts, self.parts = self.parts, []
-        yield from parts
+    def drain(self, final: bool = False) -> Iterator[bytes]:
+        if self.size >= PIECE or (final and self.parts):
+            parts, self.parts, self.size = self.parts, [], 0
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
@@ -102,7 +109,7 @@ def npz_stream(found: dict[str, list[Any]], thin: Thinning) -> Iterator[bytes]:
                         f.write(piece)
                         yield from sink.drain()
                 yield from sink.drain()
-    yield from sink.drain()
+    yield from sink.drain(final=True)
 
 
 def npz_response(found: dict[str, list[Any]], thin: Thinning, filename: str) -> StreamingResponse:

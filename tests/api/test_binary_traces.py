@@ -87,7 +87,8 @@ def test_nonfinite_values_stay_themselves_and_json_stays_the_default(client, ses
     assert client.get(url).headers["content-type"].startswith("application/json")
 
 
-def test_the_archive_is_streamed_in_pieces(client, finished: str) -> None:
+def test_the_archive_is_streamed_in_pieces(client, finished: str, monkeypatch) -> None:
+    monkeypatch.setattr("api.binary.PIECE", 256)  # pieces of 1 MiB at volume
     with client.stream("GET", f"/v1/experiments/{finished}/gradients", headers=NPZ) as r:
         pieces = list(r.iter_raw())
     assert len(pieces) > 4  # member by member, not one body
