@@ -9,6 +9,7 @@ its summary.steps_per_second against the plain loop timed just before and just a
     .venv/bin/python bench/step_overhead.py                       # the whole grid
     .venv/bin/python bench/step_overhead.py --cells lstm --layers 2 --seq-lens 100 --threads 1
     .venv/bin/python bench/step_overhead.py --service --cells lstm --layers 2 --seq-lens 100
+    .venv/bin/python bench/step_overhead.py --service --no-grid --contention 2 ...  # loaded
 
 Runs are interleaved (plain, none, default, plain, ...) and each figure is the median over
 --repeats; wall clock and this process's CPU time per step (CPU time is steadier on a shared
@@ -130,14 +131,37 @@ def grid(a) -> list[str]:
     return rows
 
 
+BUSY = "import torch\ntorch.set_num_threads(1)\nm = torch.randn(256, 256)\nwhile True: m @ m"
+
+
 def through_service(a) -> None:
     """The spec through the embedded service; steps_per_second against the plain loop run
-    right before and right after each service run (same thread count as the worker)."""
+    right before and right after each service run (same thread count as the worker). The
+    API (this process: the polling client, validation, the trace writes it serves) shares the
+    cores. --contention N adds N busy processes (1-thread matmul loops) for the whole
+    comparison, plain runs included."""
+    import logging
+    import subprocess
+
     from bench.service import service
 
+    logging.getLogger("gradlab.http").setLevel(logging.WARNING)  # one line a poll otherwise
     threads = a.threads[0]
     torch.set_num_threads(threads)
-    print(f"\nthrough the service (1 worker, {threads} torch thread(s), default instruments)")
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(a.contention)]
+    try:
+        _through_service(a, threads, service)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def _through_service(a, threads: int, service) -> None:
+    print(
+        f"\nthrough the service (1 worker, {threads} torch thread(s), default instruments, "
+        f"{a.contention} busy process(es) beside it)"
+    )
     print(f"{'cell':<5}{'L':>2}{'T':>5}{'steps':>6}{'plain ms':>10}{'service ms':>11}{'ratio':>7}")
     with service(1, threads) as (client, desc):
         for cell in a.cells:
@@ -152,7 +176,7 @@ def through_service(a) -> None:
                         r = client.post("/v1/experiments", json=body)
                         loc = r.headers["location"]
                         while (e := client.get(loc).json())["status"] not in TERMINAL:
-                            time.sleep(0.2)
+                            time.sleep(0.5)
                         after = timed(plain_loop, spec)[0]
                         ms = 1e3 / e["summary"]["steps_per_second"]
                         plain = (before + after) / 2
@@ -183,6 +207,7 @@ def main() -> None:
     ap.add_argument("--service", action="store_true", help="also through the embedded service")
     ap.add_argument("--service-scale", type=float, default=3.0, help="steps x this for --service")
     ap.add_argument("--no-grid", action="store_true", help="only the service comparison")
+    ap.add_argument("--contention", type=int, default=0, help="busy processes beside --service")
     a = ap.parse_args()
     print(
         f"torch {torch.__version__}, hidden {a.hidden}, batch {a.batch}, adding, Adam, clip 1, "
