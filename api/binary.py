@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import Thinning
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NPZ = "application/x-npz"
 # For the OpenAPI document: the trace routes' second representation.
@@ -62,6 +64,8 @@ class _Sink:
 
 
 def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    import numpy as np  # on the first binary answer: `import api.main` stays free of numpy
+
     header: dict[str, Any] = {"descr": dtype, "fortran_order": False, "shape": shape}
     sink = _Sink()
     np.lib.format.write_array_header_1_0(sink, header)
@@ -70,6 +74,8 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
 
 def _series_parts(chunks: list[Any], thin: Thinning) -> tuple[np.ndarray, int, list[bytes]]:
     """(kept steps, width, the kept values' bytes in order) of one stored series."""
+    import numpy as np
+
     chunks = sorted(chunks, key=lambda c: c.first_step)
     width = chunks[0].width if chunks else 1
     per_chunk = [np.frombuffer(c.steps, dtype="<i8") for c in chunks]
