@@ -101,3 +101,15 @@ def test_sigma_from_the_gram_matrix_and_radius_against_svd_and_eig(dtype, kind) 
         assert float(radius) == pytest.approx(float(exact), rel=10 * rel)
         if kind == "rotation":
             assert float(radius) == pytest.approx(1.3, rel=10 * rel)
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e25, 1e36])
+def test_sigma_of_finite_blocks_whose_squares_overflow_or_underflow(magnitude: float) -> None:
+    """A diverging float32 run's W_hh (entries 1e25: their squares overflow float32) and a
+    vanishing one: sigma_max still equals svdvals; an all-zero block is 0."""
+    torch.manual_seed(3)
+    w = torch.randn(16, 16, dtype=torch.float64)
+    got, _ = block_spectrum((w * magnitude).float())["hh"]
+    want = torch.linalg.svdvals(w)[0] * magnitude
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert float(block_spectrum(torch.zeros(16, 16))["hh"][0]) == 0.0
