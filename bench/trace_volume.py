@@ -1,19 +1,26 @@
 """Storage and serving at volume: an experiment with 1,000 instrumented steps, T = 1,000 and
 2 layers (2 million temporal-profile values) written through worker.store.write_batch in the
 batches the worker flushes (every 200 training steps = 20 instrumented steps at every = 10),
-then GET /v1/experiments/{id}/gradients served whole through the API.
+then GET /v1/experiments/{id}/gradients served whole through the API, as JSON and as .npz
+(Accept: application/x-npz), interleaved.
 
     .venv/bin/python bench/trace_volume.py            # SQLite file in a temporary directory
     DATABASE_URL=postgresql+psycopg://... .venv/bin/python bench/trace_volume.py
 
 Prints the write time (total and per batch: the worker writes in a background thread, so a
 batch must take well under the flush interval not to stall training), the size in the
-database, the response time (target < 1 s) and the response size."""
+database, the response times (JSON target < 1 s; .npz floor < 150 ms and < 20 MB), the
+response sizes and the API's peak Python memory while answering (tracemalloc, one request
+each, the client dropping pieces as they arrive)."""
 
+import gc
+import io
+import json
 import os
 import statistics
 import tempfile
 import time
+import tracemalloc
 
 URL = os.environ.get("DATABASE_URL") or (
     f"sqlite:///{tempfile.mkdtemp(prefix='gradlab-bench-')}/trace_volume.sqlite"
@@ -112,22 +119,49 @@ def main() -> None:
         f"(a batch every {FLUSH} training steps)"
     )
     print(f"size in the database: {size}")
+    url = f"/v1/experiments/{exp_id}/gradients"
+    npz = {"Accept": "application/x-npz"}
     with TestClient(create_app()) as client:
         client.headers["Authorization"] = f"Bearer {key}"
-        times, body = [], b""
-        for _ in range(5):
-            t = time.perf_counter()
-            resp = client.get(f"/v1/experiments/{exp_id}/gradients")
-            times.append(time.perf_counter() - t)
-            assert resp.status_code == 200, resp.text
-            body = resp.content
-    got = resp.json()["temporal"]["layers"]
+        times: dict[str, list[float]] = {"json": [], "npz": []}
+        bodies: dict[str, bytes] = {}
+        for _ in range(5):  # interleaved: JSON, .npz, JSON, ...
+            for kind, headers in (("json", {}), ("npz", npz)):
+                t = time.perf_counter()
+                resp = client.get(url, headers=headers)
+                times[kind].append(time.perf_counter() - t)
+                assert resp.status_code == 200, resp.text
+                bodies[kind] = resp.content
+        peaks = {kind: peak_memory(client, url, h) for kind, h in (("json", {}), ("npz", npz))}
+    got = json.loads(bodies["json"])["temporal"]["layers"]
     assert len(got) == LAYERS and len(got[0]["values"]) == STEPS and len(got[0]["values"][0]) == T
-    print(
-        f"GET /gradients (whole): median {statistics.median(times):.3f} s, first "
-        f"{times[0]:.3f} s, max {max(times):.3f} s over {len(times)} requests (target < 1 s)"
-    )
-    print(f"response size: {len(body) / 1e6:.1f} MB JSON")
+    with np.load(io.BytesIO(bodies["npz"])) as archive:
+        profile = archive["temporal/1/values"]
+    assert profile.shape == (STEPS, T) and profile.tolist() == got[1]["values"]
+    print(f"GET /gradients whole, {len(times['json'])} interleaved requests each (target < 1 s):")
+    print("| format | median | first | max | response | API peak Python memory |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind in ("json", "npz"):
+        ts = times[kind]
+        print(
+            f"| {kind} | {statistics.median(ts):.3f} s | {ts[0]:.3f} s | {max(ts):.3f} s | "
+            f"{len(bodies[kind]) / 1e6:.1f} MB | {peaks[kind] / 1e6:.0f} MB |"
+        )
+    print("floor for .npz: < 0.150 s and < 20 MB on the wire")
+
+
+def peak_memory(client, url: str, headers: dict[str, str]) -> int:
+    """Peak Python allocation while one request is answered (the test client runs the API
+    in this process), above what was allocated before it, the body received included."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    with client.stream("GET", url, headers=headers) as resp:
+        size = sum(len(piece) for piece in resp.iter_raw())  # drop pieces as they arrive
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert size > 0
+    return peak - base
 
 
 if __name__ == "__main__":

@@ -315,3 +315,26 @@ def series_mean(session: Session, row: Any, name: str) -> float | None:
         vals = _unpack("d", raw)
         total, n = total + sum(vals), n + len(vals)
     return total / n if n else None
+
+
+def raw_series(session: Session, row: Any, names: Iterable[str]) -> dict[str, list[SeriesChunk]]:
+    """The stored chunks of each named series of `row`'s current attempt, bytes as stored:
+    for the binary answers, which stream them as they are (their size is bounded by the
+    experiment's stored-volume budget, MAX_TRACE_BYTES, checked at submit)."""
+    names = list(names)
+    q = select(SeriesChunk).where(*_of_attempt(row), SeriesChunk.name.in_(names))
+    out: dict[str, list[SeriesChunk]] = {n: [] for n in names}
+    for c in session.scalars(q):
+        out[c.name].append(c)
+    return out
+
+
+def raw_prefixed(session: Session, row: Any, prefix: str) -> dict[str, list[SeriesChunk]]:
+    """raw_series for every series whose name starts with `prefix`."""
+    q = select(SeriesChunk).where(
+        *_of_attempt(row), SeriesChunk.name.startswith(prefix, autoescape=True)
+    )
+    out: dict[str, list[SeriesChunk]] = {}
+    for c in session.scalars(q):
+        out.setdefault(c.name, []).append(c)
+    return out

@@ -14,6 +14,7 @@ restart."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import tarfile
@@ -28,6 +29,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_FILE = Path("data/api_key")  # the embedded default's own key (`make run` writes it)
 TERMINAL = frozenset({"succeeded", "diverged", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({429, 503})
+NPZ = "application/x-npz"  # the trace routes' binary answer (api/binary.py)
 
 
 class ApiError(Exception):
@@ -223,18 +225,48 @@ class Client:
                 raise TimeoutError(f"{experiment_id} still {exp['status']} after {timeout} s")
             time.sleep(poll)
 
-    def traces(self, experiment_id: str, max_points: int | None = None) -> dict[str, Any]:
+    def traces(
+        self, experiment_id: str, max_points: int | None = None, arrays: bool | None = False
+    ) -> dict[str, Any]:
         """Everything recorded: the experiment, metrics, gradients (temporal profiles
-        included), the other instruments and the events, in one document."""
+        included), the other instruments and the events, in one document. `arrays=True`
+        (or None: when numpy is installed) fetches the three trace routes as NumPy arrays
+        (see `arrays`) instead of JSON."""
+        if arrays is None:
+            arrays = importlib.util.find_spec("numpy") is not None
         params = {"max_points": max_points} if max_points else {}
         base = f"/v1/experiments/{experiment_id}"
+        routes = ("metrics", "gradients", "instruments")
+        got = {
+            r: self.arrays(experiment_id, r, max_points=max_points)
+            if arrays
+            else self._json("GET", f"{base}/{r}", params=params)
+            for r in routes
+        }
         return {
             "experiment": self.experiment(experiment_id),
-            "metrics": self._json("GET", f"{base}/metrics", params=params),
-            "gradients": self._json("GET", f"{base}/gradients", params=params),
-            "instruments": self._json("GET", f"{base}/instruments", params=params),
+            **got,
             "events": self._json("GET", f"{base}/events")["items"],
         }
+
+    def arrays(
+        self, experiment_id: str, route: str = "gradients", **thinning: int | None
+    ) -> dict[str, Any]:
+        """A trace route (`metrics`, `gradients`, `instruments`) as NumPy arrays, fetched as
+        .npz (10x smaller and faster than JSON at volume): `{series}/steps` (int64) and
+        `{series}/values` (float64; (n, T) for `temporal/{layer}`), NaN/Inf as themselves.
+        `thinning`: from_step, to_step, every, max_points. Needs numpy (ImportError else)."""
+        import numpy as np  # only here: importing gradlab loads httpx alone
+
+        params = {k: v for k, v in thinning.items() if v is not None}
+        resp = self.request(
+            "GET",
+            f"/v1/experiments/{experiment_id}/{route}",
+            params=params,
+            headers={"Accept": NPZ},
+        )
+        with np.load(io.BytesIO(resp.content)) as archive:
+            return {name: archive[name] for name in archive.files}
 
     def export_csv(self, experiment_id: str, prefix: str | None = None) -> str:
         """Every scalar series as `step,name,value` rows; `prefix` picks series by name."""

@@ -45,6 +45,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_cuda(device: torch.device) -> None:
+    """cuDNN settings for a run on a GPU. `benchmark`: a run's shapes (T, B, H) are fixed, so
+    the autotuner's first-step cost buys the fastest RNN and GEMM algorithms for every later
+    step. `deterministic` stays off (torch's default): cuDNN's RNN kernels are deterministic
+    already, and forcing it would slow the GEMMs without making GPU runs equal to CPU runs
+    (they never are: other kernels, other reduction orders). A worker runs one experiment at
+    a time, so process-wide flags are this run's."""
+    if device.type == "cuda":
+        torch.backends.cudnn.enabled = True
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
+
+
 def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
     m = spec.model
     net = RecurrentNet(
@@ -73,8 +86,9 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
     return net
 
 
-def forward(run: Run, x: Tensor) -> tuple[RecurrentOutput, Tensor]:
-    out = run.model(x)
+def forward(run: Run, x: Tensor, per_layer: bool = True) -> tuple[RecurrentOutput, Tensor]:
+    """per_layer=False lets a plain stack take torch's fused multi-layer kernel (`top` only)."""
+    out = run.model(x, per_layer=per_layer)
     pred = run.model.head(out.top[-1] if run.task.readout == "last" else out.top)
     return out, pred
 
@@ -90,18 +104,46 @@ def penalty(model: nn.Module, l1: float, l2: float) -> Tensor | None:
     return sum(terms) if terms else None
 
 
-def clip(params: list[Tensor], spec: ExperimentCreate, norm: Tensor) -> bool:
-    """Clip in place as the spec says; returns whether clipping changed anything."""
+def clip(
+    params: list[Tensor], spec: ExperimentCreate, norm: Tensor, norm_value: float, peak: float
+) -> bool:
+    """Clip in place as the spec says; returns whether clipping changed anything. The
+    decision reads the host copies of the global norm and the largest |gradient| (`peak`),
+    fetched with the loss in the step's one host sync: no sync of its own."""
     c = spec.train.clip
-    grads = [p.grad for p in params if p.grad is not None]
     if c.mode == "norm":
         torch.nn.utils.clip_grads_with_norm_(params, c.max_norm, norm, foreach=True)
-        return bool(norm > c.max_norm)
+        return norm_value > c.max_norm
     if c.mode == "value":
-        fired = bool(torch.nn.utils.get_total_norm(grads, norm_type=math.inf) > c.clip_value)
         torch.nn.utils.clip_grad_value_(params, c.clip_value, foreach=True)
-        return fired
+        return peak > c.clip_value
     return False
+
+
+class Batches:
+    """The training batches, drawn by the host generator (the same seed gives the same data
+    on every device). On CUDA each batch is put in pinned memory and copied without blocking,
+    one step ahead, so the copy overlaps the previous step's kernels."""
+
+    def __init__(self, run: Run, gen: torch.Generator) -> None:
+        self.run, self.gen = run, gen
+        self.pin = run.device.type == "cuda"
+        self.ahead: tuple[Tensor, Tensor] | None = None
+
+    def _draw(self) -> tuple[Tensor, Tensor]:
+        run = self.run
+        x, y = run.task.batch(run.spec.train.batch_size, self.gen)
+        if self.pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        x = x.to(run.device, run.dtype, non_blocking=True)
+        y = y.to(run.device, run.dtype if y.is_floating_point() else None, non_blocking=True)
+        return x, y
+
+    def next(self, more: bool) -> tuple[Tensor, Tensor]:
+        """This step's batch; `more`: another step follows (draw its batch now, on CUDA)."""
+        batch = self.ahead if self.ahead is not None else self._draw()
+        self.ahead = self._draw() if self.pin and more else None
+        return batch
 
 
 VAL_CHUNK_ELEMENTS = 2**23  # hidden-state entries (T x B x H x layers) per validation chunk
@@ -140,7 +182,7 @@ class Validator:
                 if run.task.readout == "all"
                 else self.y[s : s + self.chunk]
             )
-            _, pred = forward(run, xb)
+            _, pred = forward(run, xb, per_layer=False)
             n = xb.shape[1]
             loss_sum += float(run.task.loss(pred, yb)) * n
             acc = run.task.accuracy(pred, yb)
@@ -176,15 +218,18 @@ def train(
     """`task`: the task already built (an uploaded dataset, which the runner reads from the
     database); default the spec's built-in task."""
     device = resolve_device(spec.train.device)
+    configure_cuda(device)
     dtype = torch.float64 if spec.train.dtype == "float64" else torch.float32
     torch.manual_seed(spec.seed)
     task = task or make_task(spec.task)
     model = build_model(spec, task).to(device=device, dtype=dtype)
+    model.flatten_for_cudnn()  # CUDA: one weight buffer for cuDNN's multi-layer kernel
     optimizer = make_optimizer(spec.train.optimizer, model.parameters())
     run = Run(spec, task, model, optimizer, device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     data_gen = torch.Generator().manual_seed(spec.seed)
     validate = Validator(run)
+    batches = Batches(run, data_gen)
     for ins in instruments:
         ins.start(run)
 
@@ -205,18 +250,19 @@ def train(
         set_lr(optimizer, lr)
         if run.instrumented:
             run.recorder.record("lr", step, lr)
-        x, y = task.batch(spec.train.batch_size, data_gen)
-        x = x.to(device, dtype, non_blocking=True)
-        y = y.to(device, dtype if y.is_floating_point() else None, non_blocking=True)
+        x, y = batches.next(more=step + 1 < n_steps)
 
-        out, pred = forward(run, x)
+        floss = spec.train.flossing
+        flossing_step = floss is not None and step % floss.every == 0
+        # The instruments (and the flossing penalty) read every layer's sequence; the other
+        # steps take the fused multi-layer kernel where the stack allows it.
+        out, pred = forward(run, x, per_layer=run.instrumented or flossing_step)
         loss = task.loss(pred, y)
         ctx = StepContext(step, out, pred.detach(), loss.detach(), x, y)
         for ins in instruments:
             ins.before_backward(run, ctx)
         extra = penalty(model, spec.train.l1, spec.train.l2)
-        floss = spec.train.flossing
-        if floss is not None and step % floss.every == 0:
+        if flossing_step:
             term = floss.weight * flossing_penalty(model, out, floss.k)
             extra = term if extra is None else extra + term
         optimizer.zero_grad(set_to_none=True)
@@ -225,9 +271,17 @@ def train(
         grads = [p.grad for p in params if p.grad is not None]
         norm = ctx.grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         acc = task.accuracy(ctx.pred, y)
-        ctx.accuracy = None if acc is None else float(acc)
-        # One host sync per step: the policy decides on it before the optimiser moves.
-        ctx.loss_value, ctx.grad_norm_value = (float(v) for v in torch.stack([loss.detach(), norm]))
+        scalars = [loss.detach(), norm]
+        if acc is not None:
+            scalars.append(acc)
+        if spec.train.clip.mode == "value":
+            scalars.append(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))
+        # The step's one host sync (on CUDA the only one the loop makes): the NaN policy and
+        # clipping decide on these before the optimiser moves.
+        host = torch.stack([v.double() for v in scalars]).tolist()
+        ctx.loss_value, ctx.grad_norm_value = host[0], host[1]
+        ctx.accuracy = host[2] if acc is not None else None
+        peak = host[-1] if spec.train.clip.mode == "value" else math.nan
         if math.isfinite(ctx.loss_value) and not math.isfinite(ctx.grad_norm_value):
             # Finite entries whose sum of squares overflowed: the scaled norm is the true one.
             scaled = scaled_norms(grads)
@@ -236,12 +290,17 @@ def train(
                 ctx.grad_norm_value, ctx.norm_overflow = float(norm), True
                 run.recorder.event(step, "norm_overflow", grad_norm=ctx.grad_norm_value)
         ctx.finite = math.isfinite(ctx.loss_value) and math.isfinite(ctx.grad_norm_value)
+        if not ctx.finite and not out.per_layer:
+            # Locating the first non-finite value needs every layer's sequence: the same
+            # forward again, per layer (the weights have not moved).
+            with torch.no_grad():
+                out = ctx.output = model(x)
         for ins in instruments:
             ins.after_backward(run, ctx)
 
         if ctx.finite:
             consecutive_skips = 0
-            ctx.clipped = clip(params, spec, norm)
+            ctx.clipped = clip(params, spec, norm, ctx.grad_norm_value, peak)
             clipped_steps += ctx.clipped
             optimizer.step()
         else:

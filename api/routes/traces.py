@@ -5,32 +5,35 @@ reads only the points kept)."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
+from api.binary import NPZ_RESPONSE, npz_response, wants_npz
 from api.deps import Owner, SessionDep, Thinning
 from api.responses import FastJSON
 from core import series
 from core.owned import get_experiment
 from core.settings import get_settings
-from core.traces import at_steps, read_series, series_mean
+from core.traces import at_steps, raw_prefixed, raw_series, read_series, series_mean
 
 router = APIRouter(prefix="/v1/experiments", tags=["traces"])
 NONE: tuple[list, list] = ([], [])
+METRIC_SERIES = (series.LOSS, series.ACCURACY, series.VAL_LOSS, series.VAL_ACCURACY, series.LR)
 
 
-@router.get("/{experiment_id}/metrics")
+@router.get("/{experiment_id}/metrics", responses=NPZ_RESPONSE)
 def read_metrics(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
+    owner: Owner,
+    experiment_id: str,
+    session: SessionDep,
+    thin: Annotated[Thinning, Depends()],
+    request: Request,
+) -> Response:
     """Training loss (and accuracy) per step; validation loss (and accuracy) where measured;
     the learning rate at the instrumented steps."""
     row = get_experiment(session, experiment_id, owner)
-    found = read_series(
-        session,
-        row,
-        names=[series.LOSS, series.ACCURACY, series.VAL_LOSS, series.VAL_ACCURACY, series.LR],
-        pick=thin.window().pick,
-    )
+    if wants_npz(request):
+        return npz_response(raw_series(session, row, METRIC_SERIES), thin, "metrics")
+    found = read_series(session, row, names=METRIC_SERIES, pick=thin.window().pick)
     steps, loss = found.get(series.LOSS, NONE)
     out: dict[str, Any] = {"steps": steps, "loss": loss}
     if series.ACCURACY in found:
@@ -44,10 +47,14 @@ def read_metrics(
     return FastJSON(out)
 
 
-@router.get("/{experiment_id}/gradients")
+@router.get("/{experiment_id}/gradients", responses=NPZ_RESPONSE)
 def read_gradients(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
+    owner: Owner,
+    experiment_id: str,
+    session: SessionDep,
+    thin: Annotated[Thinning, Depends()],
+    request: Request,
+) -> Response:
     """Gradients at the instrumented steps, thinned by `every`, `max_points`, `from_step`,
     `to_step` (applied to each series' own steps):
 
@@ -60,6 +67,11 @@ def read_gradients(
       `layers` is empty when the temporal instrument was off. At most MAX_TRACE_VALUES values
       in all: past that, every layer keeps an evenly spaced share of its rows."""
     row = get_experiment(session, experiment_id, owner)
+    if wants_npz(request):
+        found = raw_series(session, row, [series.GRAD_NORM_TOTAL, series.CLIP_AFTER])
+        for group in (series.GRAD, series.TEMPORAL):
+            found |= raw_prefixed(session, row, series.prefix(group))
+        return npz_response(found, thin, "gradients")
     window = thin.window()
     steps, norms = read_series(session, row, names=[series.GRAD_NORM_TOTAL], pick=window.pick).get(
         series.GRAD_NORM_TOTAL, NONE
@@ -103,10 +115,14 @@ def _points(found: dict[str, tuple[list, list]], name: str) -> dict[str, list]:
     return {"steps": steps, "values": values}
 
 
-@router.get("/{experiment_id}/instruments")
+@router.get("/{experiment_id}/instruments", responses=NPZ_RESPONSE)
 def read_instruments(
-    owner: Owner, experiment_id: str, session: SessionDep, thin: Annotated[Thinning, Depends()]
-) -> FastJSON:
+    owner: Owner,
+    experiment_id: str,
+    session: SessionDep,
+    thin: Annotated[Thinning, Depends()],
+    request: Request,
+) -> Response:
     """The other instruments' series, each `{"steps": [...], "values": [...]}` and thinned by
     `every`, `max_points`, `from_step`, `to_step`; a group is `{}` when its instrument was off.
 
@@ -122,6 +138,12 @@ def read_instruments(
       after clipping, instrumented steps), `fired_fraction` (over all applied steps, unthinned).
     """
     row = get_experiment(session, experiment_id, owner)
+    if wants_npz(request):
+        groups = (series.SPECTRUM, series.SATURATION, series.UPDATE_RATIO, series.WEIGHT_NORM)
+        found = raw_series(session, row, [series.CLIP_FIRED, series.CLIP_AFTER])
+        for group in groups:
+            found |= raw_prefixed(session, row, series.prefix(group))
+        return npz_response(found, thin, "instruments")
     pick = thin.window().pick
     out: dict[str, Any] = {"spectrum": {}, "saturation": {}, "update_ratio": {}, "weight_norm": {}}
     found = read_series(session, row, prefix=series.prefix(series.SPECTRUM), pick=pick)

@@ -75,3 +75,58 @@ def test_default_keeps_torchs_own_init() -> None:
     before = net.rnn[0].weight_hh_l0.detach().clone()
     init_recurrent_net(net, "default", "default", 1.0)
     assert torch.equal(before, net.rnn[0].weight_hh_l0.detach())
+
+
+FUSABLE = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)]
+
+
+@pytest.mark.parametrize(("cell", "activation"), FUSABLE)
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_fused_route_equals_the_per_layer_route(cell, activation, num_layers) -> None:
+    """torch's multi-layer kernel on the layers' own weights: the same outputs and the same
+    gradients as the stack of single-layer modules (float64, 1e-12), and no copy of a weight."""
+    torch.manual_seed(0)
+    net = RecurrentNet(
+        3, 2, cell=cell, activation=activation, hidden_size=6, num_layers=num_layers
+    ).double()
+    x = torch.randn(9, 4, 3, dtype=torch.float64, requires_grad=True)
+    params = list(net.parameters())
+    got = []
+    for per_layer in (True, False):
+        out = net(x, per_layer=per_layer)
+        assert out.per_layer == (per_layer or num_layers == 1)
+        loss = net.head(out.top).pow(2).sum() + out.top[-1].sin().sum()
+        got.append((out.top, torch.autograd.grad(loss, [x, *params])))
+    (top_a, grads_a), (top_b, grads_b) = got
+    torch.testing.assert_close(top_b, top_a, rtol=1e-12, atol=1e-12)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(gb, ga, rtol=1e-12, atol=1e-12)
+    assert (net.fused_mode() is not None) == (num_layers > 1)
+    ptrs = {p.data_ptr() for p in params}
+    assert {w.data_ptr() for w in net.flat_weights()} <= ptrs  # the modules' own tensors
+    assert not net.flatten_for_cudnn()  # a no-op on the CPU
+
+
+def test_fused_route_applies_the_dropout_between_layers_only_in_training() -> None:
+    torch.manual_seed(0)
+    net = RecurrentNet(2, 1, cell="lstm", hidden_size=8, num_layers=2, dropout=0.5).double()
+    x = torch.randn(5, 3, 2, dtype=torch.float64)
+    net.eval()
+    torch.testing.assert_close(net(x, per_layer=False).top, net(x).top, rtol=1e-12, atol=1e-12)
+    net.train()
+    assert not torch.allclose(net(x, per_layer=False).top, net(x).top)  # masks drawn
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cell": "rnn", "activation": "elu"},  # own Elman layer
+        {"cell": "rnn", "activation": "tanh", "norm": "layer"},
+        {"cell": "gru", "residual": True},
+    ],
+)
+def test_no_fused_route_where_something_sits_between_or_inside_the_layers(kwargs) -> None:
+    net = RecurrentNet(2, 1, hidden_size=4, num_layers=2, **kwargs)
+    assert net.fused_mode() is None
+    out = net(torch.randn(5, 3, 2), per_layer=False)
+    assert out.per_layer and len(out.layers) == 2

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,84 @@ def test_chunked_validation_equals_one_pass_over_the_whole_set(task: dict) -> No
     result = train(s, default_instruments(s))
     assert result.summary["val_size"] == 4096
     assert result.summary["baseline_loss_val"] == pytest.approx(t.constant_baseline(v.y))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_fused_steps_train_exactly_as_per_layer_steps(cell: str) -> None:
+    """Two layers: the steps between instrumented ones take the fused kernel; on the CPU the
+    run is bit-identical to one that goes per layer at every step."""
+    over = {"model": {"cell": cell, "num_layers": 2}, "train": {"steps": 12}}
+    fused = train(spec(**over, instrument={"every": 5, "on": []}), ())
+    per_layer = train(spec(**over, instrument={"every": 1, "on": []}), ())
+    loss_f, loss_p = (r.batch.series["val_loss"][1] for r in (fused, per_layer))
+    assert np.array_equal(loss_f, loss_p)
+
+
+def test_a_nonfinite_fused_step_is_located_per_layer() -> None:
+    """The step that blows up is not instrumented: the loop goes per layer again to find the
+    first non-finite activation, as an instrumented step would have."""
+    over = {**EXPLODING, "model": {"activation": "relu", "num_layers": 2, "init": {"gain": 1.3}}}
+    located = []
+    for every in (1000, 1):
+        s = spec(**over, instrument={"every": every, "on": []})
+        result = train(s, default_instruments(s))
+        (event,) = [e for e in result.batch.events if e["kind"] == "nonfinite"]
+        located.append((event["step"], event["detail"]["origin"]))
+    assert located[0] == located[1]
+    step, origin = located[0]
+    assert step == 1 and origin["where"] == "activation" and origin["time_step"] > 0
+
+
+SYNCS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.parametrize(
+    "train_over",
+    [
+        {"clip": {"mode": "norm"}},
+        {"clip": {"mode": "value", "clip_value": 0.5}},
+        {"clip": {"mode": "none"}, "optimizer": {"name": "sgd", "lr": 0.01}},
+    ],
+)
+def test_one_host_sync_per_step_between_instrumented_steps(monkeypatch, train_over) -> None:
+    """A tensor turned into a Python value is a device sync on a GPU. Between instrumented
+    steps the loop and its instruments make exactly one (the loss, the norm, the accuracy and
+    the clip decision's peak, fetched together); counted here on the CPU by wrapping torch's
+    conversions where gradlab's own code calls them."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    calls: list[str] = []
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(root) and "/tests/" not in caller:
+                calls.append(name)
+            return original(self, *a, **k)
+
+        return wrapper
+
+    class Marks(Instrument):
+        def __init__(self) -> None:
+            self.at: dict[int, int] = {}
+
+        def before_backward(self, run, ctx) -> None:
+            self.at[ctx.step] = len(calls)
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    s = spec(
+        task={"name": "copy", "seq_len": 5},
+        model={"cell": "lstm", "num_layers": 2},
+        train={"steps": 14, **train_over},
+        instrument={"every": 1000, "val_every": 10**5},
+    )
+    marks = Marks()
+    result = train(s, [*default_instruments(s), marks])
+    assert result.status == "succeeded"
+    per_step = [marks.at[k + 1] - marks.at[k] for k in range(1, 12)]
+    assert per_step == [1] * 11, per_step

@@ -64,8 +64,8 @@ class Credit(Instrument):
         self.window: deque[dict[str, Any]] = deque(maxlen=WINDOW_STEPS)
 
     def before_backward(self, run: Run, ctx: StepContext) -> None:
-        h = ctx.output.layers[0]
-        if run.instrumented and h.requires_grad:
+        # Only instrumented steps carry per-layer outputs (the others may run fused).
+        if run.instrumented and (h := ctx.output.layers[0]).requires_grad:
             h.retain_grad()
 
     def after_backward(self, run: Run, ctx: StepContext) -> None:

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -68,3 +70,47 @@ def test_instrument_toggles_in_the_spec() -> None:
     ]
     only = default_instruments(make_spec(instrument={"on": ["spectrum"]}))
     assert [i.name for i in only] == ["loss", "grad_norms", "nonfinite", "spectrum"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["gaussian", "low_rank", "rotation"])
+def test_sigma_from_the_gram_matrix_and_radius_against_svd_and_eig(dtype, kind) -> None:
+    """sigma_max from the Gram matrix's eigvalsh against svdvals (1e-5 float32, 1e-12 float64);
+    the radius against eigvals, also where the largest eigenvalues are a complex pair."""
+    torch.manual_seed(2)
+    n = 24
+    if kind == "gaussian":
+        w = torch.randn(4 * n, n, dtype=torch.float64) / n**0.5
+    elif kind == "low_rank":  # one large singular value, the rest tiny
+        w = torch.randn(4 * n, 1, dtype=torch.float64) @ torch.randn(1, n, dtype=torch.float64)
+        w += 1e-3 * torch.randn(4 * n, n, dtype=torch.float64)
+    else:  # a rotation by 0.7 rad scaled by 1.3 on top of 0.5 I: radius 1.3, a complex pair
+        q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))[0]
+        core = 0.5 * torch.eye(n, dtype=torch.float64)
+        c, s = 1.3 * math.cos(0.7), 1.3 * math.sin(0.7)
+        core[:2, :2] = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)
+        w = torch.cat([q @ core @ q.T] * 4)
+    w = w.to(dtype)
+    got = block_spectrum(w)
+    rel = 1e-5 if dtype == torch.float32 else 1e-12
+    for k, name in enumerate("ifgo"):
+        block = w[n * k : n * (k + 1)].double()
+        sigma, radius = got[name]
+        assert float(sigma) == pytest.approx(float(torch.linalg.svdvals(block)[0]), rel=rel)
+        exact = torch.linalg.eigvals(block).abs().max()
+        # float32 eig of a non-normal block: rounding of the eigenvalues themselves
+        assert float(radius) == pytest.approx(float(exact), rel=10 * rel)
+        if kind == "rotation":
+            assert float(radius) == pytest.approx(1.3, rel=10 * rel)
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e25, 1e36])
+def test_sigma_of_finite_blocks_whose_squares_overflow_or_underflow(magnitude: float) -> None:
+    """A diverging float32 run's W_hh (entries 1e25: their squares overflow float32) and a
+    vanishing one: sigma_max still equals svdvals; an all-zero block is 0."""
+    torch.manual_seed(3)
+    w = torch.randn(16, 16, dtype=torch.float64)
+    got, _ = block_spectrum((w * magnitude).float())["hh"]
+    want = torch.linalg.svdvals(w)[0] * magnitude
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert float(block_spectrum(torch.zeros(16, 16))["hh"][0]) == 0.0
