@@ -47,10 +47,10 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=200)
     args = ap.parse_args()
     import httpx
-    from client import Client
 
     from core.keys import create_key
     from core.settings import get_settings
+    from gradlab.client import Client
 
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -109,6 +109,20 @@ def test_the_same_file_twice_is_stored_once(client, sessions, settings, monkeypa
     assert counts(sessions) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("chunk", [4096, 100_000])
+def test_chunks_read_back_as_the_uploaded_bytes(client, sessions, settings, monkeypatch, chunk):
+    """Chunks smaller and larger than the piece SQLite's rows are filled in (64 KiB), the last
+    one short: the rows hold the file's bytes in order, on both backends."""
+    from core.datasets import iter_chunks
+
+    monkeypatch.setattr(settings, "dataset_chunk_bytes", chunk)
+    content = npz_bytes(**small_classes(n=1000, t=30))  # about 250 kB
+    d = upload(client, content).json()
+    with sessions() as s:
+        chunks = list(iter_chunks(s, d["sha256"]))
+    assert len(chunks) == -(-len(content) // chunk) and b"".join(chunks) == content
+
+
 def test_a_worker_with_an_empty_cache_reads_the_file_from_the_database(
     client, sessions, settings, tmp_path, monkeypatch
 ):

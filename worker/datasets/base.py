@@ -52,10 +52,11 @@ class SequenceTask(ABC):
         nowhere in particular (the credit instrument then reports the profile over the input)."""
         return None
 
-    def ideal_credit(self, dpred: Tensor) -> Tensor:
+    def ideal_credit(self, dpred: Tensor) -> Tensor | None:
         """Per key input, the norm over the batch of dL/d(key input) under ideal credit
-        assignment, from the gradient of the loss w.r.t. the prediction: (K,)."""
-        raise NotImplementedError
+        assignment, from the gradient of the loss w.r.t. the prediction: (K,); None where no
+        ideal is known (an uploaded dataset: the credit is reported without a ratio)."""
+        return None
 
     def step_losses(self, pred: Tensor, target: Tensor) -> Tensor | None:
         """Where the loss has a term at more than one step: those terms, (T, B), summing to

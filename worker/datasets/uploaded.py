@@ -10,7 +10,10 @@ kept in a local cache by SHA-256 (bounded in bytes), split, normalised and serve
   at step L-1, with `every` at each step below L; padded steps take no part in the loss or the
   accuracy, so no gradient reaches them.
 - Baseline: the best constant answer on the held-out split (the class frequencies' cross-
-  entropy, with the majority class's accuracy; or the mean's MSE)."""
+  entropy, with the majority class's accuracy; or the mean's MSE).
+- Credit: the inputs that matter are `key_steps` (default every step), every feature; there
+  is no ideal credit to compare with, so the credit instrument reports the per-step credit
+  (`credit`, `per_key`) and no ratio."""
 
 from __future__ import annotations
 
@@ -162,7 +165,15 @@ class Uploaded(SequenceTask):
         if spec.solved is not None:
             self.solved_accuracy = spec.solved.val_accuracy
             self.solved_loss = spec.solved.val_loss
-        self.key_steps = spec.key_steps or list(range(t))  # the inputs that matter
+        self.key_steps = sorted(set(spec.key_steps or range(t)))  # the inputs that matter
+
+    def key_inputs(self, x: Tensor) -> tuple[Tensor, slice] | None:
+        # The named steps, the same in every example, every channel; with none named the
+        # credit is the profile over every step (key_inputs None), which reads the same.
+        if len(self.key_steps) == self.seq_len:
+            return None
+        steps = torch.tensor(self.key_steps, device=x.device)  # (K,)
+        return steps[:, None].expand(-1, x.shape[1]), slice(None)  # (K, B)
 
     def _targets(
         self, y: np.ndarray, lengths: np.ndarray, per_step: bool, real: np.ndarray

@@ -8,6 +8,9 @@ ideal credit assignment (series `credit`, a vector over key inputs, and `credit/
 - copy: the 10 symbol steps (every one-hot channel); ideal: as much gradient as the logits at
   the step each symbol is recalled, so ratio = ||dL/dx_{0..9}|| / ||dL/dlogits_{T-10..T-1}||.
 - digits: no key inputs; `credit` is the profile ||dL/dx_t|| over every step, ratio None.
+- dataset (uploaded): the spec's `key_steps` (default every step, the profile as digits),
+  every channel; no ideal is known, so ratio and decay are None (the decay only qualifies a
+  ratio, and the last step may get no credit at all: a lag).
 
 Beside the ratio, `decay`: the key inputs' credit per key against the credit at the same
 channels of the last input step (lag 0). A low ratio with a decay near 1 means the inputs are
@@ -85,11 +88,12 @@ class Credit(Instrument):
                 return
             per_key = dx[..., channels].flatten(1).norm(dim=1)  # (K,)
             ideal = run.task.ideal_credit(prediction_gradient(run, ctx))
-            ratio = per_key.norm() / ideal.norm()
-            run.recorder.record("credit/ratio", ctx.step, ratio)
+            if ideal is not None:
+                ratio = per_key.norm() / ideal.norm()
+                run.recorder.record("credit/ratio", ctx.step, ratio)
+                recent = dx[-1][..., channels].norm()  # lag 0, the same channels
+                decay = per_key.norm() / (len(per_key) ** 0.5 * recent)
             key_steps = steps[:, 0].tolist()  # example 0's (adding's differ per example)
-            recent = dx[-1][..., channels].norm()  # lag 0, the same channels
-            decay = per_key.norm() / (len(per_key) ** 0.5 * recent)
         run.recorder.record("credit", ctx.step, per_key)
         if ctx.finite:
             self.window.append(

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.spec import ExperimentCreate
-from tests.factories import make_spec
+from tests.factories import lag_arrays, make_spec
+from worker.datasets.uploaded import Uploaded
 from worker.instruments.base import Instrument
 from worker.instruments.credit import Credit
 from worker.train import forward, train
@@ -159,3 +160,88 @@ def test_preactivation_grads_at_points_are_the_full_ones_taken_there(cell: str) 
         full = preactivation_grads(layer, x, h, *shared, recurrent=recurrent)
         some = preactivation_grads(layer, x, h, *shared, recurrent=recurrent, at=(steps, cols))
         assert torch.equal(some, full[steps, cols])
+
+
+# --- an uploaded dataset: the lag regression (target at step t = input at t - LAG) ----------
+
+LAG, T = 3, 12
+
+
+class ShiftRegister(Instrument):
+    """A linear RNN that implements the lag exactly: h_t[0] = x_t, h_t[j] = h_{t-1}[j - 1], so
+    h_t[LAG] = x_{t-LAG}; the head answers half of it, so the loss (and its gradient) is not 0."""
+
+    def start(self, run) -> None:
+        layer, head = run.model.rnn[0], run.model.head
+        n = layer.hidden_size
+        with torch.no_grad():
+            for p in (*layer.parameters(), *head.parameters()):
+                p.zero_()
+            layer.weight_ih_l0[0, 0] = 1.0
+            layer.weight_hh_l0.copy_(torch.diag(torch.ones(n - 1), -1))
+            head.weight[0, LAG] = 0.5
+
+
+class PerStepLoss(Instrument):
+    """By autograd, ||dL_s/dx_t|| for the loss at each single step s >= LAG (readout every):
+    rows (T,) over the input."""
+
+    def after_backward(self, run, ctx) -> None:
+        self.rows = {}
+        for s in range(LAG, T):
+            with torch.enable_grad():
+                x = ctx.x.detach().clone().requires_grad_()
+                _, pred = forward(run, x)  # (T, B, 1)
+                target = ctx.y.clone()
+                target[torch.arange(T) != s] = float("nan")  # only step s counts
+                (dx,) = torch.autograd.grad(run.task.loss(pred, target), x)
+            self.rows[s] = dx.flatten(1).norm(dim=1)  # (T,)
+
+
+def lag_run(readout: str, *extra: Instrument, **task) -> tuple:
+    spec = make_spec(
+        model={"activation": "linear", "hidden_size": 6}, train={"steps": 1, "dtype": "float64"}
+    )
+    upload = {"name": "dataset", "id": "d", "readout": readout, "normalize": False, **task}
+    spec = ExperimentCreate.model_validate({**spec.model_dump(), "task": upload})
+    uploaded = Uploaded(spec.task, lag_arrays(n=64, t=T, lag=LAG), "regression")
+    ref = Reference()
+    res = train(spec, [ShiftRegister(), ref, *extra, Credit()], task=uploaded)
+    return res, ref.seen[0]
+
+
+def test_credit_finds_the_lag_of_a_last_step_readout() -> None:
+    """The loss at T-1 depends on x_{T-1-LAG} alone: the profile over the input is that step's
+    credit, exactly 0 at every other step, and its argmax counted from the end is the lag."""
+    res, (_, dx, _) = lag_run("last")
+    profile = res.batch.series["credit"][1][0]  # (T,)
+    np.testing.assert_allclose(profile, dx.flatten(1).norm(dim=1).numpy(), rtol=1e-12)
+    assert T - 1 - int(np.argmax(profile)) == LAG
+    assert profile[T - 1 - LAG] > 0 and np.count_nonzero(profile) == 1
+    window = res.summary["credit"]["window"][0]
+    assert window["key_steps"] == list(range(T)) and window["ratio"] is None
+    assert "credit/ratio" not in res.batch.series and res.summary["credit"]["ideal"] is None
+
+
+def test_credit_of_every_step_readout_peaks_lag_steps_back() -> None:
+    """Readout `every`: the loss at each step s has its credit at x_{s-LAG} only; the
+    instrument's profile is the total loss's (equal to autograd's), so the last LAG steps, read
+    by no answer, get exactly none and every earlier step some."""
+    per_step = PerStepLoss()
+    res, (_, dx, _) = lag_run("every", per_step)
+    for s, row in per_step.rows.items():
+        assert int(row.argmax()) == s - LAG and torch.count_nonzero(row) == 1
+    profile = res.batch.series["credit"][1][0]
+    np.testing.assert_allclose(profile, dx.flatten(1).norm(dim=1).numpy(), rtol=1e-12)
+    assert (profile[T - LAG :] == 0).all() and (profile[: T - LAG] > 0).all()
+
+
+def test_credit_at_named_key_steps_of_an_upload() -> None:
+    res, (_, dx, _) = lag_run("last", key_steps=[T - 1, T - 1 - LAG, 0])
+    window = res.summary["credit"]["window"][0]
+    assert window["key_steps"] == [0, T - 1 - LAG, T - 1]
+    expected_keys = dx[[0, T - 1 - LAG, T - 1]].flatten(1).norm(dim=1).numpy()
+    np.testing.assert_allclose(window["per_key"], expected_keys, rtol=1e-12)
+    np.testing.assert_allclose(res.batch.series["credit"][1][0], expected_keys, rtol=1e-12)
+    assert window["per_key"][1] > 0 and window["per_key"][0] == window["per_key"][2] == 0
+    assert window["ratio"] is None and window["decay"] is None
