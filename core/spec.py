@@ -455,10 +455,10 @@ VAL_CHUNK_ELEMENTS = 2**23
 MAX_INPUT_SIZE = 10  # the widest task input (copy: 8 symbols, blank, delimiter)
 
 
-def validation_chunk(spec: ExperimentCreate) -> int:
+def validation_chunk(spec: ExperimentCreate, dataset: TaskShape | None = None) -> int:
     """Examples the validation forward pass holds at once."""
     m = spec.model
-    per_example = seq_len_of(spec.task) * m.hidden_size * m.num_layers
+    per_example = task_shape(spec.task, dataset).seq_len * m.hidden_size * m.num_layers
     per_example *= 2 if m.cell == "lstm" else 1
     return max(16, min(1024, VAL_CHUNK_ELEMENTS // max(per_example, 1)))
 
@@ -493,15 +493,17 @@ def estimated_memory(spec: ExperimentCreate, dataset: TaskShape | None = None) -
     looped = m.norm != "none" or (m.cell == "rnn" and m.activation not in FUSED_ACTIVATIONS)
     train_floats = (TRAIN_FLOATS_LOOP if looped else TRAIN_FLOATS)[m.cell]
     val_floats = (VAL_FLOATS_LOOP if looped else VAL_FLOATS)[m.cell]
-    elements = task_shape(spec.task, dataset).seq_len * m.hidden_size * m.num_layers  # per example
+    shape = task_shape(spec.task, dataset)
+    elements = shape.seq_len * m.hidden_size * m.num_layers  # per example
     weights = GATE_BLOCKS[m.cell] * m.hidden_size * (2 * m.hidden_size + 2) * m.num_layers
     # Training also holds about one layer's worth more whatever the depth (the top output's
     # gradient, the head, the input-gradient instrument): measured a + c per layer with c
     # close to a (gru: 10.6 x layers + 13.5), so the layers are counted once more.
     floats = (
         t.batch_size * elements * (m.num_layers + 1) / m.num_layers * train_floats
-        + validation_chunk(spec) * elements * val_floats
-        + VAL_SIZE * seq_len_of(spec.task) * MAX_INPUT_SIZE  # the held-out inputs, all of them
+        + validation_chunk(spec, dataset) * elements * val_floats
+        # the held-out inputs, all of them
+        + VAL_SIZE * shape.seq_len * max(MAX_INPUT_SIZE, shape.features)
         + 6 * weights  # weights, gradients, two optimiser moments, the update ratio's copy
     )
     state = m.hidden_size * (2 if m.cell == "lstm" else 1)  # the state a step Jacobian maps

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from core.spec import ExperimentCreate, seq_len_of
+from core.spec import ExperimentCreate
 from gradlab.instruments.norms import scaled_norms
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from models.init import init_lstm_gate_biases
@@ -77,7 +77,7 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
         net = net.double()
     init_recurrent_net(net, m.init.recurrent, m.init.input, m.init.gain)
     if m.cell == "lstm":
-        chrono = seq_len_of(spec.task) if m.init.chrono else None
+        chrono = task.seq_len if m.init.chrono else None  # the task knows an upload's T
         init_lstm_gate_biases(net, m.init.forget_bias, chrono)
     if m.recurrent_param == "orthogonal":
         # After the init: registering keeps the current (orthogonal) W_hh as the start point.

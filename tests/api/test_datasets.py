@@ -77,6 +77,7 @@ def test_upload_train_diagnose_report_delete(client, sessions, settings, tmp_pat
     q = client.post(
         "/v1/experiments", json={**SMALL_RUN, "task": {"name": "dataset", "id": d["id"]}}
     )
+    assert q.status_code == 202, q.text
     assert_problem(client.delete(f"/v1/datasets/{d['id']}"), 409)
     from worker.runner import run_experiment
 
