@@ -240,7 +240,8 @@ def main() -> None:
         r = run(args.owners, args.per_owner, args.samples, args.pg, Path(tmp))
     print(
         f"backend: {'postgres' if args.pg else 'sqlite'}; open streams: {r['streams']} "
-        f"(opened in {r['open_s']:.1f} s); status codes {r['codes']}"
+        f"(opened in {r['open_s']:.1f} s); status codes {r['codes']}; one stream over a "
+        f"key's limit: {r['over_limit_code']}, after its streams closed: {r['after_close_code']}"
     )
     for name in ("healthz", "get"):
         print(
