@@ -97,6 +97,11 @@ def test_the_api_down_mid_run_the_loop_goes_on_and_every_batch_arrives(
             heartbeat_s=0.5,
         )
         before = train_steps(run, model, opt, 40)
+        # The run is created by the upload thread, which retries on its own schedule: on a
+        # busy machine the 40 steps can end before its first answer.
+        deadline = time.monotonic() + 15
+        while run.id is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert run.id is not None
     # the API is down now
     during, t0 = [], time.monotonic()
