@@ -49,7 +49,7 @@ def stored_secret(path: Path, min_len: int = 16) -> str:
     text = path.read_text().strip()
     if len(text) < min_len:
         raise SecretError(
-            f"{path} holds {len(text)} characters, a secret needs at least {min_len}: "
+            f"{path} holds {len(text)} bytes, a secret needs at least {min_len}: "
             "set the setting, or delete the file and a new secret is made"
         )
     return text

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import secrets
 import socket
 import threading
 import time
@@ -34,7 +33,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import get_sessionmaker
-from core.keyfile import write_private
+from core.keyfile import SecretError as SecretError  # what signing_secret raises
+from core.keyfile import stored_secret
 from core.loops import LoopThread
 from core.settings import Settings, get_settings
 from core.tables import Experiment, WebhookDelivery, utcnow
@@ -52,10 +52,6 @@ BATCH = 20  # rows claim_due claims when not told how many
 MIN_SECRET = 16  # bytes
 
 
-class SecretError(RuntimeError):
-    """The secret file is unusable; nothing is delivered until it is fixed."""
-
-
 def signing_secret(settings: Settings) -> bytes:
     """WEBHOOK_SECRET, or the installation's own secret in WEBHOOK_SECRET_FILE (made on first
     use, mode 0600): the embedded default works with nothing set, and a receiver reads it there.
@@ -65,16 +61,7 @@ def signing_secret(settings: Settings) -> bytes:
     anyone forge the signature."""
     if settings.webhook_secret:
         return settings.webhook_secret.encode()
-    path = settings.webhook_secret_file
-    if not path.exists():
-        write_private(path, secrets.token_urlsafe(32), replace=False)
-    text = path.read_text().strip()
-    if len(text) < MIN_SECRET:
-        raise SecretError(
-            f"{path} holds {len(text)} bytes, a webhook secret needs at least {MIN_SECRET}: "
-            "set WEBHOOK_SECRET, or delete the file and a new secret is made"
-        )
-    return text.encode()
+    return stored_secret(settings.webhook_secret_file, MIN_SECRET).encode()
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:

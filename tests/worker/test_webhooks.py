@@ -445,6 +445,7 @@ def test_secret_race_gives_every_worker_the_same_secret(settings, monkeypatch, t
 def test_secret_lost_race_reads_the_winners(settings, monkeypatch, tmp_path) -> None:
     """The FileExistsError branch, deterministically: another worker links its file between
     this one's check and its own link."""
+    from core import keyfile
     from worker import webhooks
 
     path = tmp_path / "secret"
@@ -455,7 +456,7 @@ def test_secret_lost_race_reads_the_winners(settings, monkeypatch, tmp_path) -> 
         path.write_text("the-other-workers-secret\n")
         return "mine-" + "x" * 40
 
-    monkeypatch.setattr(webhooks.secrets, "token_urlsafe", token)
+    monkeypatch.setattr(keyfile.secrets, "token_urlsafe", token)  # where the secret is made
     assert webhooks.signing_secret(settings) == b"the-other-workers-secret"
     assert path.read_text() == "the-other-workers-secret\n"
     assert [p.name for p in tmp_path.iterdir()] == ["secret"]  # no temporary file left
