@@ -33,7 +33,6 @@ from core.lifecycle import (
     EXPERIMENTS,
     cancel_queued,
     insert_queued,
-    lock_owner,
     over_cap,
     queued_values,
     request_cancel_running,
@@ -160,10 +159,9 @@ def submit(
                 .where(EXPERIMENTS.c.id == existing.id)
                 .values(idempotency_key=None)
             )
+            conn.commit()
         try:
-            lock_owner(conn, owner)
             if not insert_queued(conn, vars(row), cap):
-                conn.rollback()
                 raise over_cap(conn, owner, 1, cap)
             conn.commit()
         except IntegrityError:
