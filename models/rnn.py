@@ -15,6 +15,7 @@ Two routes through the same parameters (no copies):
   multi-layer kernel wants (as nn.LSTM.flatten_parameters does for one module)."""
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -102,8 +103,14 @@ class RecurrentNet(nn.Module):
         names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
         return [getattr(layer, n) for layer in self.rnn for n in names]
 
-    def forward(self, x: Tensor, per_layer: bool = True) -> RecurrentOutput:
-        # x: (T, B, I)
+    def forward(
+        self,
+        x: Tensor,
+        per_layer: bool = True,
+        layer_call: Callable[[nn.Module, Tensor], Tensor | None] | None = None,
+    ) -> RecurrentOutput:
+        """x: (T, B, I). `layer_call(layer, input)`: another route through a layer on the per
+        layer route (None where it has none: the layer's own then)."""
         mode = None if per_layer else self.fused_mode()
         if mode is not None:
             return RecurrentOutput(top=self._fused(x, mode))
@@ -112,7 +119,9 @@ class RecurrentNet(nn.Module):
         inp = x
         for i, layer in enumerate(self.rnn):
             inputs.append(inp)
-            h, _ = layer(inp)  # (T, B, H)
+            h = None if layer_call is None else layer_call(layer, inp)
+            if h is None:
+                h, _ = layer(inp)  # (T, B, H)
             layers.append(h)
             # Residual only between hidden layers: the first layer's input has another width.
             out = h + inp if self.residual and i > 0 else h

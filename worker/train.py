@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from core.spec import ExperimentCreate
+from gradlab.instruments.closed_layer import closed_forward
 from gradlab.instruments.norms import scaled_norms
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
 from models.init import init_lstm_gate_biases
@@ -86,9 +87,13 @@ def build_model(spec: ExperimentCreate, task: SequenceTask) -> RecurrentNet:
     return net
 
 
-def forward(run: Run, x: Tensor, per_layer: bool = True) -> tuple[RecurrentOutput, Tensor]:
-    """per_layer=False lets a plain stack take torch's fused multi-layer kernel (`top` only)."""
-    out = run.model(x, per_layer=per_layer)
+def forward(
+    run: Run, x: Tensor, per_layer: bool = True, closed: bool = False
+) -> tuple[RecurrentOutput, Tensor]:
+    """per_layer=False lets a plain stack take torch's fused multi-layer kernel (`top` only);
+    closed=True: the layers that have one take the closed-form backward, which leaves the
+    total adjoints dL/dh_t for the instruments that read them."""
+    out = run.model(x, per_layer=per_layer, layer_call=closed_forward if closed else None)
     pred = run.model.head(out.top[-1] if run.task.readout == "last" else out.top)
     return out, pred
 
@@ -234,6 +239,7 @@ def train(
         ins.start(run)
 
     every = spec.instrument.every
+    reads_adjoint = any(ins.reads_adjoint for ins in instruments)
     n_steps = spec.train.steps
     status: Status = "succeeded"
     nan_events = skipped = consecutive_skips = clipped_steps = 0
@@ -256,7 +262,12 @@ def train(
         flossing_step = floss is not None and step % floss.every == 0
         # The instruments (and the flossing penalty) read every layer's sequence; the other
         # steps take the fused multi-layer kernel where the stack allows it.
-        out, pred = forward(run, x, per_layer=run.instrumented or flossing_step)
+        out, pred = forward(
+            run,
+            x,
+            per_layer=run.instrumented or flossing_step,
+            closed=run.instrumented and reads_adjoint,
+        )
         loss = task.loss(pred, y)
         ctx = StepContext(step, out, pred.detach(), loss.detach(), x, y)
         for ins in instruments:

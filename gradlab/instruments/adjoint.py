@@ -143,6 +143,23 @@ def _pre(
 _gate_cache: dict[int, tuple[int, Gates]] = {}
 
 
+# What a closed-form layer (closed_layer.py) left for its output tensor, while it lives: its
+# gates from the forward, its total adjoints once the backward has run.
+_published: dict[int, dict] = {}
+
+
+def publish(h: Tensor, box: dict) -> None:
+    """`box` holds 'gates' (lstm) now and 'adjoint' ((dL/dh_t, dL/dc_t or None)) after the
+    backward: `gates` and `total_adjoint` read them instead of recomputing."""
+    key = id(h)
+    _published[key] = box
+    weakref.finalize(h, _published.pop, key, None)
+    if "gates" in box:
+        if not _gate_cache.get(key):
+            weakref.finalize(h, _gate_cache.pop, key, None)
+        _gate_cache[key] = (h._version, box["gates"])
+
+
 def gates(
     layer: nn.Module, x: Tensor, h: Tensor, h0: Tensor | None = None, c0: Tensor | None = None
 ) -> Gates:
@@ -483,6 +500,9 @@ _adjoint_cache: dict[int, tuple[int, Tensor, Tensor | None]] = {}
 def total_adjoint(layer: nn.Module, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor | None] | None:
     """After backward, with h.grad retained: (dL/dh_t, dL/dc_t for lstm else None), each
     (T, B, H), by the closed form (None for a layer without one), computed once per h."""
+    box = _published.get(id(h))
+    if box is not None and "adjoint" in box:  # the training step's own backward solved it
+        return box["adjoint"]
     kind = layer_kind(layer)
     if kind is None or kind == "step" or h.grad is None:
         return None

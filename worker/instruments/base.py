@@ -95,6 +95,9 @@ class Instrument:
     `instrument.every` steps; per-step instruments ignore it."""
 
     name: str = "instrument"
+    # Reads the total adjoints dL/dh_t: instrumented steps then run the layers whose backward
+    # computes them (gradlab/instruments/closed_layer.py) instead of solving them again.
+    reads_adjoint: bool = False
 
     def start(self, run: Run) -> None:
         """Before the first step."""

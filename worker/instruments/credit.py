@@ -62,6 +62,7 @@ def prediction_gradient(run: Run, ctx: StepContext) -> torch.Tensor:
 
 class Credit(Instrument):
     name = "credit"
+    reads_adjoint = True
 
     def start(self, run: Run) -> None:
         self.window: deque[dict[str, Any]] = deque(maxlen=WINDOW_STEPS)

@@ -61,6 +61,7 @@ def _evidence(ps: Profiles) -> list[dict[str, Any] | None]:
 
 class TemporalProfile(Instrument):
     name = "temporal"
+    reads_adjoint = True
 
     def __init__(self, method: str = "closed") -> None:
         self.method = method
