@@ -14,7 +14,7 @@ from gradlab.instruments.closed_layer import closed_forward
 from worker import train as train_mod
 from worker.instruments import default_instruments
 
-T, B, I, H = 9, 3, 4, 5
+T, B, N_IN, H = 9, 3, 4, 5
 KINDS = {
     "lstm": lambda i: nn.LSTM(i, H),
     "rnn:tanh": lambda i: nn.RNN(i, H, nonlinearity="tanh"),
@@ -24,10 +24,10 @@ KINDS = {
 
 def two_layers(kind: str) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(3)
-    lower, upper = KINDS[kind](I).double(), KINDS[kind](H).double()
+    lower, upper = KINDS[kind](N_IN).double(), KINDS[kind](H).double()
     for p in [*lower.parameters(), *upper.parameters()]:
         p.data.mul_(1.7)  # large enough that saturation and decay both show
-    x = torch.randn(T, B, I, dtype=torch.float64)
+    x = torch.randn(T, B, N_IN, dtype=torch.float64)
     target = torch.randn(T, B, H, dtype=torch.float64)
     return lower, upper, x, target
 
