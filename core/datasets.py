@@ -10,6 +10,7 @@ An upload is a NumPy `.npz` with `x` (N, T, F) numbers, `y` (N,) or (N, T) class
 from __future__ import annotations
 
 import hashlib
+import struct
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,9 +33,16 @@ KINDS = ("classification", "regression")
 MAX_FEATURES = 10_000
 MAX_CLASSES = 10_000
 MAX_OUTPUTS = 1_024
-READ_BYTES = 256 * 1024  # validation reads each array in blocks of about this many bytes
-WRITE_PIECE = 64 * 1024  # SQLite: a chunk is written into its row in pieces of this size
+MAX_NAME = 200  # characters of a dataset's name (the column's size)
+# Validation reads the file in blocks of this many bytes, and storage writes each chunk in
+# pieces of this size, from one buffer: blocks below glibc's mmap threshold (128 KiB) come
+# from memory the allocator reuses, so the API's memory stays put during an upload.
+READ_BYTES = 64 * 1024
+WRITE_PIECE = 64 * 1024
 SQLITE_CACHE_KIB = 64  # SQLite's page cache while a blob is written (default 2000 KiB)
+# PostgreSQL's binary COPY: the header (signature, flags, extension length), the trailer
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = struct.pack("!h", -1)
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
@@ -106,11 +114,12 @@ def digest(fileobj: IO[bytes], limit: int) -> tuple[str, int]:
     """SHA-256 and size, read in blocks; over `limit` bytes is a 413."""
     fileobj.seek(0)
     h, size = hashlib.sha256(), 0
-    while block := fileobj.read(READ_BYTES):
-        size += len(block)
+    block = memoryview(bytearray(READ_BYTES))
+    while n := fileobj.readinto(block):
+        size += n
         if size > limit:
             raise too_large(limit)
-        h.update(block)
+        h.update(block[:n])
     fileobj.seek(0)
     return h.hexdigest(), size
 
@@ -315,14 +324,45 @@ def _write_blob(session: Session, fileobj: IO[bytes], found: Inspected, chunk_by
     fileobj.seek(0)
     if conn.dialect.name == "sqlite":
         _write_chunks_sqlite(conn, fileobj, found, chunk_bytes, n_chunks)
-        return
-    for seq in range(n_chunks):
-        # Core inserts, one chunk at a time: nothing keeps the bytes once a row is sent.
-        conn.execute(
-            insert(DatasetChunk).values(
-                sha256=found.sha256, seq=seq, data=fileobj.read(chunk_bytes)
-            )
-        )
+    else:  # PostgreSQL, through psycopg (the driver the project declares)
+        _write_chunks_copy(conn, fileobj, found, chunk_bytes, n_chunks)
+
+
+def _pieces(fileobj: IO[bytes], n: int, buffer: memoryview) -> Iterator[memoryview]:
+    """The next `n` bytes of the file, read into `buffer` piece by piece (each piece is valid
+    until the next is read); a file that ends sooner is refused."""
+    while n > 0:
+        got = fileobj.readinto(buffer[: min(len(buffer), n)])
+        if not got:
+            raise refused("the upload is shorter than when it was read")
+        yield buffer[:got]
+        n -= got
+
+
+def _write_chunks_copy(
+    conn: Connection, fileobj: IO[bytes], found: Inspected, chunk_bytes: int, n_chunks: int
+) -> None:
+    """PostgreSQL: the chunk rows sent by one binary COPY, each chunk's bytes in WRITE_PIECE
+    pieces, with libpq's output buffer flushed at every piece. A chunk bound as one parameter
+    was held read and again in libpq's output buffer (grown by doubling): 1.9 MiB of peak
+    growth for 1 MiB chunks, against under 0.1 MiB this way (the storing measured apart)."""
+    from psycopg.copy import LibpqWriter
+
+    raw = conn.connection.driver_connection  # psycopg.Connection, in this transaction
+    key = found.sha256.encode()
+    row_head = struct.pack("!hi", 3, len(key)) + key  # 3 fields; sha256 as text
+    buffer = memoryview(bytearray(WRITE_PIECE))
+    with raw.cursor() as cur:
+        writer = LibpqWriter(cur, flush_threshold=WRITE_PIECE)
+        statement = "COPY dataset_chunks (sha256, seq, data) FROM STDIN (FORMAT BINARY)"
+        with cur.copy(statement, writer=writer) as copy:
+            copy.write(COPY_HEADER)
+            for seq in range(n_chunks):
+                n = min(chunk_bytes, found.size - seq * chunk_bytes)
+                copy.write(row_head + struct.pack("!iii", 4, seq, n))  # seq int4, data's length
+                for piece in _pieces(fileobj, n, buffer):
+                    copy.write(piece)
+            copy.write(COPY_TRAILER)
 
 
 def _write_chunks_sqlite(
@@ -333,6 +373,7 @@ def _write_chunks_sqlite(
     1 MiB parameter is copied by the driver and again into the record (3 chunk sizes of the
     API's memory with the bytes read, and the 2 MB default page cache filled by the write)."""
     raw = conn.connection.driver_connection  # sqlite3.Connection, in this transaction
+    buffer = memoryview(bytearray(WRITE_PIECE))
     (cache,) = conn.exec_driver_sql("PRAGMA cache_size").one()
     conn.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
     try:
@@ -342,10 +383,8 @@ def _write_chunks_sqlite(
                 insert(DatasetChunk).values(sha256=found.sha256, seq=seq, data=func.zeroblob(n))
             ).lastrowid
             with raw.blobopen("dataset_chunks", "data", rowid) as blob:
-                while piece := fileobj.read(min(WRITE_PIECE, n - blob.tell())):
+                for piece in _pieces(fileobj, n, buffer):
                     blob.write(piece)
-                if blob.tell() != n:
-                    raise refused("the upload is shorter than when it was read")
     finally:
         conn.exec_driver_sql(f"PRAGMA cache_size={int(cache)}")
 

@@ -7,29 +7,23 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.routing import APIRoute
 from sqlalchemy import select
-from starlette.formparsers import MultiPartParser
 from starlette.responses import Response
 from starlette.types import Message
 
 from api.deps import Owner, SessionDep, current_owner
 from api.problems import problem_response
 from api.responses import FastJSON
+from api.upload import FORM_SLACK, FormRefused, StreamedForm
 from core import datasets
 from core.owned import get_dataset
 from core.settings import get_settings
 from core.tables import Dataset
 
-FORM_SLACK = 64 * 1024  # multipart boundaries, headers and the small form fields
-# A file part is held in memory up to this size before the parser spools it to disk; at
-# Starlette's default (1 MiB) the part in memory and its copy when it rolls over came to 2 MiB
-# of the API's memory during an upload. The uploads this app takes are datasets.
-MultiPartParser.spool_max_size = 64 * 1024
-
 
 class BoundedUpload(APIRoute):
     """Authenticate before a byte of the body is read, refuse a Content-Length over the limit
-    at once, and count the body as it arrives: the multipart parser spools the file to disk,
-    and this stops it as soon as the upload passes MAX_DATASET_BYTES."""
+    at once, and count the body as it arrives: the form is read by api/upload.py, the file
+    straight to disk, and this stops it as soon as the upload passes MAX_DATASET_BYTES."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -57,7 +51,9 @@ class BoundedUpload(APIRoute):
                 return message
 
             try:
-                return await handler(Request(request.scope, counted))
+                return await handler(StreamedForm(request.scope, counted))
+            except FormRefused as exc:
+                raise exc.problem from None
             except HTTPException as exc:
                 if exc.status_code != 413:
                     raise
@@ -80,7 +76,7 @@ def upload_dataset(
     owner: Annotated[str, Depends(uploader)],
     session: SessionDep,
     file: Annotated[UploadFile, File(description="an .npz with x, y and optionally lengths")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=datasets.MAX_NAME)] = None,
     kind: Annotated[
         Literal["classification", "regression"] | None,
         Form(description="default: classification for integer y, regression for float y"),
@@ -89,9 +85,9 @@ def upload_dataset(
     """Validated whole before anything is stored; the same bytes are stored once."""
     settings = get_settings()
     found = datasets.inspect_npz(file.file, kind, settings.max_dataset_bytes)
-    row = datasets.store(
-        session, owner, name or file.filename, file.file, found, settings.dataset_chunk_bytes
-    )
+    # the file name stands in for a missing name, cut to the column (PostgreSQL refuses more)
+    name = name or (file.filename or "")[: datasets.MAX_NAME] or None
+    row = datasets.store(session, owner, name, file.file, found, settings.dataset_chunk_bytes)
     return FastJSON(
         datasets.view(row), status_code=201, headers={"Location": f"/v1/datasets/{row.id}"}
     )

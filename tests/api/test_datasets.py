@@ -110,10 +110,11 @@ def test_the_same_file_twice_is_stored_once(client, sessions, settings, monkeypa
     assert counts(sessions) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("chunk", [4096, 100_000])
+@pytest.mark.parametrize("chunk", [4096, 100_000, 2 * 64 * 1024])
 def test_chunks_read_back_as_the_uploaded_bytes(client, sessions, settings, monkeypatch, chunk):
-    """Chunks smaller and larger than the piece SQLite's rows are filled in (64 KiB), the last
-    one short: the rows hold the file's bytes in order, on both backends."""
+    """Chunks smaller than the pieces they are written in (64 KiB), larger, and a whole number
+    of them, the last one short: the rows hold the file's bytes in order, on both backends
+    (SQLite's blob writes, PostgreSQL's COPY)."""
     from core.datasets import iter_chunks
 
     monkeypatch.setattr(settings, "dataset_chunk_bytes", chunk)
@@ -335,3 +336,87 @@ def test_variable_lengths_and_every_step_regression_run_end_to_end(client, sessi
     exp = run_on(client, sessions, d["id"], readout="every")
     assert exp["summary"]["final_val_loss"] is not None
     assert exp["summary"]["baseline_accuracy"] is None and exp["summary"]["accuracy"] is None
+
+
+def multipart(*parts: tuple[str, str | None, bytes], end: bool = True) -> dict:
+    """A multipart/form-data request of (field, filename, bytes) parts, cut before the closing
+    boundary when not `end`."""
+    boundary = "gradlabtest"
+    body = b""
+    for field, filename, data in parts:
+        named = f'; filename="{filename}"' if filename is not None else ""
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"{named}\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    body += f"--{boundary}--\r\n".encode() if end else b""
+    return {
+        "content": body,
+        "headers": {"content-type": f"multipart/form-data; boundary={boundary}"},
+    }
+
+
+def test_a_body_cut_off_after_the_whole_file_stores_nothing(client, sessions):
+    """The file part complete (a valid npz) but the form never closed: refused, not stored."""
+    content = npz_bytes(**small_classes())
+    assert upload(client, content).status_code == 201  # the same file, whole, is accepted
+    client.delete(f"/v1/datasets/{client.get('/v1/datasets').json()['items'][0]['id']}")
+    cut = multipart(("file", "d.npz", content), end=False)
+    body = assert_problem(client.post("/v1/datasets", **cut), 400, "file")
+    assert "cut-off" in body["detail"]
+    assert counts(sessions) == (0, 0, 0)
+
+
+def test_bad_form_fields_are_refused_naming_them(client, sessions):
+    content = npz_bytes(**small_classes())
+    cases = {
+        "a NUL in the name": (
+            multipart(("name", None, b"a\x00b"), ("file", "d.npz", content)),
+            422,
+            "name",
+        ),
+        "a NUL in the file name": (multipart(("file", "a\x00.npz", content)), 422, "file"),
+        "two files": (
+            multipart(("file", "a.npz", content), ("file", "b.npz", content)),
+            422,
+            "file",
+        ),
+        "the file in another field": (multipart(("data", "d.npz", content)), 422, "data"),
+        "no boundary": (
+            {"content": b"x", "headers": {"content-type": "multipart/form-data"}},
+            400,
+            "file",
+        ),
+    }
+    for case, (request, status, field) in cases.items():
+        r = client.post("/v1/datasets", **request)
+        assert r.status_code == status, (case, r.text)
+        assert_problem(r, status, field)
+    assert counts(sessions) == (0, 0, 0)
+
+
+def test_a_long_file_name_is_cut_to_fit(client):
+    """With no name field the file's name is the dataset's, cut to the column's 200."""
+    r = client.post("/v1/datasets", **multipart(("file", "n" * 300 + ".npz", npz_bytes(**ok))))
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "n" * 200
+
+
+def test_a_file_shorter_than_when_it_was_read_stores_nothing(sessions, settings):
+    """Storage re-reads the file: one that shrank meanwhile is refused mid-write (the SQLite
+    blob and the PostgreSQL COPY both abandoned), and the session is usable after."""
+    from core import datasets
+    from core.errors import Problem
+
+    content = npz_bytes(**small_classes(n=1000, t=30))
+    found = datasets.inspect_npz(io.BytesIO(content), None, len(content))
+    with sessions() as s:
+        with pytest.raises(Problem, match="shorter"):
+            datasets.store(s, "o", "n", io.BytesIO(content[:-5000]), found, 64 * 1024)
+        s.rollback()
+        row = datasets.store(s, "o", "n", io.BytesIO(content), found, 64 * 1024)
+        assert row.sha256 == found.sha256
+    assert counts(sessions) == (1, 1, -(-len(content) // (64 * 1024)))
