@@ -21,7 +21,8 @@ copy delay + 10 (symbol i at step i, recalled at delay + 10 + i); digits T - 1 (
 pixels); otherwise the profile's length - 1. Each state's log-gain over the lag is
 g = rate x L (or, for a task with a loss at every step, ln of the reach instrument's
 `ratio_key_to_loss`, the recall loss's own credit at the symbols against its value at
-recall; the plain h-profile there mixes every step's local loss term). A layer's gain is that
+recall; the plain h-profile there mixes every step's local loss term, and so does an lstm's
+c-profile, which is then reported beside the reach, not judged). A layer's gain is that
 of its best state (the gradient takes the path that carries it: an lstm's cell path keeps it
 when the h-path drops). Where a layer has no profile, lambda_1 x L (the top Lyapunov exponent
 of h_{t-1} -> h_t, per step) stands in; where both exist lambda_1 is reported beside.
@@ -239,6 +240,15 @@ def _per_layer(summary: Mapping[str, Any], spec: Mapping[str, Any]) -> list[dict
                 h["basis"] = "profile (loss at every step: mixes local terms)"
             states["h"] = h
         c = _state(at(temporal, "cell_layers"), lag)
+        if c is not None and multi_loss:
+            # dL/dc_t mixes every later step's local term too; with the reach it is reported
+            # beside, not judged (the reach at h_k already covers the cell path: dL_s/dh_{k-1}
+            # and dL_s/dx_k share dL_s/dz_k, and z_k feeds c_k).
+            c["basis"] = "profile (loss at every step: mixes local terms)"
+            if "h" in states and states["h"]["basis"] == "reach":
+                c["verdict"] = None
+                states["h"]["cell_profile"] = c
+                c = None
         if c is not None:
             states["c"] = c
         lam = _med([(e or {}).get("lambda_1") for e in at(lyap, "layers")])
@@ -268,6 +278,11 @@ def _per_layer(summary: Mapping[str, Any], spec: Mapping[str, Any]) -> list[dict
             }
         )
     return out
+
+
+def _on_reach(layer: Mapping[str, Any]) -> bool:
+    """Judged on the recall loss's reach (a task with a loss at every step)."""
+    return ((layer.get("states") or {}).get("h") or {}).get("basis") == "reach"
 
 
 def _credit(summary: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -542,7 +557,7 @@ def diagnose(
         reason = "no layer could be judged (no profile, no exponents, or T < 3)"
     elif (
         multi_loss
-        and all(lay["basis"] != "reach" for lay in judged)
+        and not any(_on_reach(lay) for lay in judged)
         and (result["result"] == "at_baseline")
     ):
         verdict = "inconclusive"

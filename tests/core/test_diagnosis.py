@@ -251,6 +251,33 @@ def test_class2_copy_judged_by_the_recall_losss_reach() -> None:
     assert d["verdict"] == "inconclusive" and "reach" in d["reason"]
 
 
+def reach_of(*ratios: float) -> dict:
+    return {
+        "window": [
+            {"step": 10 * i, "layers": [{"log_rate_per_step": None, "ratio_key_to_loss": r}]}
+            for i, r in enumerate(ratios)
+        ]
+    }
+
+
+def test_class2_a_copy_lstm_is_judged_by_the_reach_not_its_mixed_cell_profile() -> None:
+    """dL/dc_t of a loss at every step is as flat as the h-profile: each step's own term. With
+    the reach, the cell profile is reported beside it, and the reach decides either way."""
+    spec = spec_of(task={"name": "copy", "seq_len": 50}, model={"cell": "lstm"})
+    flat = [[1.0] * 70]
+    s = window_of(*[flat] * 5, cells=[flat] * 5)
+    s.update(final_val_loss=0.29, best_val_loss=0.29, baseline_loss=0.297, baseline_loss_val=0.297)
+    for ratios, want in [((1e-9, 3e-6, 2e-7), "vanishing"), ((0.3, 0.1, 0.5), "healthy")]:
+        d = diagnose({**s, "reach": reach_of(*ratios)}, spec, "succeeded")
+        lay = d["layers"][0]
+        assert d["verdict"] == want, d["reason"]  # at the baseline, yet not inconclusive
+        assert set(lay["states"]) == {"h"} and lay["states"]["h"]["basis"] == "reach"
+        assert lay["states"]["h"]["cell_profile"]["log_gain_over_lag"] == pytest.approx(0.0)
+        assert lay["states"]["h"]["cell_profile"]["verdict"] is None
+    d = diagnose(s, spec, "succeeded")  # no reach: both profiles mixed, at the baseline
+    assert d["verdict"] == "inconclusive" and "c" in d["layers"][0]["states"]
+
+
 @pytest.mark.parametrize("t_len", [25, 50, 200, 1000])
 def test_class3_the_same_rate_gives_the_same_verdict_at_every_length(t_len: int) -> None:
     s = window_of([geometric(0.8, t_len)])
