@@ -14,7 +14,11 @@ slopes) of ln p against steps back k = T-1-t, over the profile's block maxima wh
 (blocks of ceil(T/128) steps). It is ln(gamma) for a linear RNN with W = gamma Q at every
 length, and a parity or oscillation in the profile (a period-2 W with W^2 = I gives
 1, 1e-4, 1, ...) moves it by nothing: half the pairs see the oscillation one way, half the
-other. A profile entry of 0 counts as ln(1e-300) (no gradient at all is vanishing).
+other. A profile that reaches exactly 0 (float32 underflow, or a gradient cut) k0 steps back
+is fitted up to that first zero, which counts as ln(1e-300): the zeros beyond it, all at the
+same floor, would make most pairs flat and a profile that underflowed read a rate of 0. And
+where that first zero lies within the lag, nothing came back that far: the gain over the lag
+is ln(1e-300), whatever the rate (a profile flat and then cut is not healthy).
 
 The lag the task needs, L: adding T - 1 (the first marker may sit at t = 0, read at T - 1);
 copy delay + 10 (symbol i at step i, recalled at delay + 10 + i); digits T - 1 (7 rows or 63
@@ -108,11 +112,20 @@ def robust_log_rate(profile: Sequence[float]) -> float | None:
         for t, v in enumerate(profile)
         if math.isfinite(v) and v >= 0
     ]
+    k0 = first_zero_back(profile)
+    if k0 is not None:  # up to the first zero back from the end: the rest is the same floor
+        pts = [(k, y) for k, y in pts if k <= k0]
     if len(pts) > ROBUST_POINTS:
         size = math.ceil(len(pts) / ROBUST_POINTS)
         blocks = [pts[i : i + size] for i in range(0, len(pts), size)]
         pts = [(sum(k for k, _ in b) / len(b), max(y for _, y in b)) for b in blocks]
     return theil_sen(pts)
+
+
+def first_zero_back(profile: Sequence[float]) -> int | None:
+    """Steps back from the end to the first entry that is exactly 0, None if there is none."""
+    t_len = len(profile)
+    return next((k for k in range(t_len) if profile[t_len - 1 - k] == 0), None)
 
 
 def profile_evidence(profile: Sequence[float]) -> dict[str, Any]:
@@ -139,6 +152,8 @@ def profile_evidence(profile: Sequence[float]) -> dict[str, Any]:
         sxx = sum((k - mk) ** 2 for k, _ in pts)
         out["log_rate_per_step"] = sum((k - mk) * (y - my) for k, y in pts) / sxx
     out["log_rate_robust"] = robust_log_rate(p) if usable else None
+    # (a profile that is 0 at the end too says nothing about propagation: no verdict)
+    out["zero_at_steps_back"] = first_zero_back(p) if usable else None
     finite = [v for v in p if math.isfinite(v)]
     out["peak_over_last"] = max(finite) / end if usable and finite else None
     return out
@@ -188,7 +203,16 @@ def _state(entries: list[Any], lag: int | None) -> dict[str, Any] | None:
         return None
     rates = [e.get("log_rate_robust", e.get("log_rate_per_step")) for e in entries]
     rate = _med(rates)
-    gain = None if rate is None or lag is None else rate * lag
+    gain = None
+    if lag is not None:
+        gains = []
+        for e, r in zip(entries, rates, strict=True):
+            k0 = e.get("zero_at_steps_back")
+            if k0 is not None and k0 <= lag:
+                gains.append(LOG_FLOOR)  # the gradient is exactly 0 within the lag
+            elif r is not None:
+                gains.append(r * lag)
+        gain = _med(gains)
     return {
         "basis": "profile",
         "log_rate_per_step": rate,
@@ -196,6 +220,7 @@ def _state(entries: list[Any], lag: int | None) -> dict[str, Any] | None:
         "log_gain_over_lag": gain,
         "ratio_first_last": _med([e.get("ratio_first_last") for e in entries]),
         "effective_horizon": _med([e.get("effective_horizon") for e in entries]),
+        "zero_at_steps_back": _med([e.get("zero_at_steps_back") for e in entries]),
         "steps": len(entries),
         "verdict": _judge(gain),
     }
