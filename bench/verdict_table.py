@@ -1,11 +1,13 @@
 """A built-in study re-run small through train() (no service), one torch thread, with the
 verdict and the outcome beside each other: the table for the README.
 
-    .venv/bin/python bench/verdict_table.py [adding-mitigations|copy-mitigations]
+    .venv/bin/python bench/verdict_table.py [adding-mitigations|copy-mitigations|flossing]
         [--steps 400] [--hidden 32] [--lengths 25,50] [--seeds 0]
 
 Reduced from the preset (its steps, hidden size, lengths and seeds are overridden by the
-flags; everything else is the preset's) so that it runs in minutes on a 2-core machine."""
+flags; everything else is the preset's) so that it runs in minutes on a 2-core machine.
+lambda_1: the top Lyapunov exponent of layer 0 (per step), the median over the diagnosis
+window (the last 5 instrumented steps on which the lyapunov instrument ran)."""
 
 import argparse
 import time
@@ -44,17 +46,21 @@ def main() -> None:
         f"T in {grid['task.seq_len']}, seeds {seeds}, 1 thread"
     )
     print()
-    print("| variant | T | outcome | best val loss | val baseline | accuracy | verdict | why |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | --- | --- |")
+    print(
+        "| variant | T | outcome | best val loss | val baseline | accuracy | lambda_1 | verdict "
+        "| why |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |")
     t0 = time.perf_counter()
     for params, spec in expand(req, float("inf")):
         result = train(spec, default_instruments(spec))
         d = diagnose(result.summary, spec.model_dump(mode="json"), result.status)
         s, o = result.summary, d["outcome"]
+        lam = d["layers"][0]["lambda_1"] if d["layers"] else None
         print(
             f"| {params['variant']} | {params['task.seq_len']} | {o['result']} | "
             f"{fmt(s['best_val_loss'])} | {fmt(s.get('baseline_loss_val'))} | "
-            f"{fmt(s.get('accuracy'))} | {d['verdict']} | {d['reason']} |",
+            f"{fmt(s.get('accuracy'))} | {fmt(lam)} | {d['verdict']} | {d['reason']} |",
             flush=True,
         )
     print()

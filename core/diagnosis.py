@@ -14,14 +14,19 @@ slopes) of ln p against steps back k = T-1-t, over the profile's block maxima wh
 (blocks of ceil(T/128) steps). It is ln(gamma) for a linear RNN with W = gamma Q at every
 length, and a parity or oscillation in the profile (a period-2 W with W^2 = I gives
 1, 1e-4, 1, ...) moves it by nothing: half the pairs see the oscillation one way, half the
-other. A profile entry of 0 counts as ln(1e-300) (no gradient at all is vanishing).
+other. A profile that reaches exactly 0 (float32 underflow, or a gradient cut) k0 steps back
+is fitted up to that first zero, which counts as ln(1e-300): the zeros beyond it, all at the
+same floor, would make most pairs flat and a profile that underflowed read a rate of 0. And
+where that first zero lies within the lag, nothing came back that far: the gain over the lag
+is ln(1e-300), whatever the rate (a profile flat and then cut is not healthy).
 
 The lag the task needs, L: adding T - 1 (the first marker may sit at t = 0, read at T - 1);
 copy delay + 10 (symbol i at step i, recalled at delay + 10 + i); digits T - 1 (7 rows or 63
 pixels); otherwise the profile's length - 1. Each state's log-gain over the lag is
 g = rate x L (or, for a task with a loss at every step, ln of the reach instrument's
 `ratio_key_to_loss`, the recall loss's own credit at the symbols against its value at
-recall; the plain h-profile there mixes every step's local loss term). A layer's gain is that
+recall; the plain h-profile there mixes every step's local loss term, and so does an lstm's
+c-profile, which is then reported beside the reach, not judged). A layer's gain is that
 of its best state (the gradient takes the path that carries it: an lstm's cell path keeps it
 when the h-path drops). Where a layer has no profile, lambda_1 x L (the top Lyapunov exponent
 of h_{t-1} -> h_t, per step) stands in; where both exist lambda_1 is reported beside.
@@ -107,11 +112,20 @@ def robust_log_rate(profile: Sequence[float]) -> float | None:
         for t, v in enumerate(profile)
         if math.isfinite(v) and v >= 0
     ]
+    k0 = first_zero_back(profile)
+    if k0 is not None:  # up to the first zero back from the end: the rest is the same floor
+        pts = [(k, y) for k, y in pts if k <= k0]
     if len(pts) > ROBUST_POINTS:
         size = math.ceil(len(pts) / ROBUST_POINTS)
         blocks = [pts[i : i + size] for i in range(0, len(pts), size)]
         pts = [(sum(k for k, _ in b) / len(b), max(y for _, y in b)) for b in blocks]
     return theil_sen(pts)
+
+
+def first_zero_back(profile: Sequence[float]) -> int | None:
+    """Steps back from the end to the first entry that is exactly 0, None if there is none."""
+    t_len = len(profile)
+    return next((k for k in range(t_len) if profile[t_len - 1 - k] == 0), None)
 
 
 def profile_evidence(profile: Sequence[float]) -> dict[str, Any]:
@@ -138,6 +152,8 @@ def profile_evidence(profile: Sequence[float]) -> dict[str, Any]:
         sxx = sum((k - mk) ** 2 for k, _ in pts)
         out["log_rate_per_step"] = sum((k - mk) * (y - my) for k, y in pts) / sxx
     out["log_rate_robust"] = robust_log_rate(p) if usable else None
+    # (a profile that is 0 at the end too says nothing about propagation: no verdict)
+    out["zero_at_steps_back"] = first_zero_back(p) if usable else None
     finite = [v for v in p if math.isfinite(v)]
     out["peak_over_last"] = max(finite) / end if usable and finite else None
     return out
@@ -187,7 +203,16 @@ def _state(entries: list[Any], lag: int | None) -> dict[str, Any] | None:
         return None
     rates = [e.get("log_rate_robust", e.get("log_rate_per_step")) for e in entries]
     rate = _med(rates)
-    gain = None if rate is None or lag is None else rate * lag
+    gain = None
+    if lag is not None:
+        gains = []
+        for e, r in zip(entries, rates, strict=True):
+            k0 = e.get("zero_at_steps_back")
+            if k0 is not None and k0 <= lag:
+                gains.append(LOG_FLOOR)  # the gradient is exactly 0 within the lag
+            elif r is not None:
+                gains.append(r * lag)
+        gain = _med(gains)
     return {
         "basis": "profile",
         "log_rate_per_step": rate,
@@ -195,6 +220,7 @@ def _state(entries: list[Any], lag: int | None) -> dict[str, Any] | None:
         "log_gain_over_lag": gain,
         "ratio_first_last": _med([e.get("ratio_first_last") for e in entries]),
         "effective_horizon": _med([e.get("effective_horizon") for e in entries]),
+        "zero_at_steps_back": _med([e.get("zero_at_steps_back") for e in entries]),
         "steps": len(entries),
         "verdict": _judge(gain),
     }
@@ -239,6 +265,15 @@ def _per_layer(summary: Mapping[str, Any], spec: Mapping[str, Any]) -> list[dict
                 h["basis"] = "profile (loss at every step: mixes local terms)"
             states["h"] = h
         c = _state(at(temporal, "cell_layers"), lag)
+        if c is not None and multi_loss:
+            # dL/dc_t mixes every later step's local term too; with the reach it is reported
+            # beside, not judged (the reach at h_k already covers the cell path: dL_s/dh_{k-1}
+            # and dL_s/dx_k share dL_s/dz_k, and z_k feeds c_k).
+            c["basis"] = "profile (loss at every step: mixes local terms)"
+            if "h" in states and states["h"]["basis"] == "reach":
+                c["verdict"] = None
+                states["h"]["cell_profile"] = c
+                c = None
         if c is not None:
             states["c"] = c
         lam = _med([(e or {}).get("lambda_1") for e in at(lyap, "layers")])
@@ -268,6 +303,11 @@ def _per_layer(summary: Mapping[str, Any], spec: Mapping[str, Any]) -> list[dict
             }
         )
     return out
+
+
+def _on_reach(layer: Mapping[str, Any]) -> bool:
+    """Judged on the recall loss's reach (a task with a loss at every step)."""
+    return ((layer.get("states") or {}).get("h") or {}).get("basis") == "reach"
 
 
 def _credit(summary: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -542,7 +582,7 @@ def diagnose(
         reason = "no layer could be judged (no profile, no exponents, or T < 3)"
     elif (
         multi_loss
-        and all(lay["basis"] != "reach" for lay in judged)
+        and not any(_on_reach(lay) for lay in judged)
         and (result["result"] == "at_baseline")
     ):
         verdict = "inconclusive"

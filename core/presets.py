@@ -3,6 +3,9 @@
 import math
 from typing import Any
 
+FLOSSING = {"weight": 0.1, "k": 4, "every": 1}  # what the diagnosis suggests
+CHAOTIC = {"recurrent": "normal", "gain": 3.0}  # lambda_1 about +0.2 per step at init
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The story of the seed documents on the adding problem: a vanilla tanh RNN against the
     # mitigations, as the sequence grows. Sized to finish in minutes on a CPU.
@@ -15,7 +18,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "task": {"name": "adding"},
             "model": {"hidden_size": 64},
             "train": {"steps": 1500, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.002}},
-            "instrument": {"every": 50, "val_every": 100},
+            # lambda_1 is read over the last 5 instrumented steps too (reported beside the
+            # profile's rate): on every instrumented step, not at step 0 and two more.
+            "instrument": {"every": 50, "val_every": 100, "dynamics_every": 1},
         },
         "grid": {
             "task.seq_len": [25, 50, 100],
@@ -46,7 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "task": {"name": "copy"},
             "model": {"hidden_size": 64},
             "train": {"steps": 1500, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.002}},
-            "instrument": {"every": 50, "val_every": 100},
+            # The verdict reads the reach (and lambda_1) over the last 5 instrumented steps:
+            # on every instrumented step, so that window is the end of the run, not step 0.
+            "instrument": {"every": 50, "val_every": 100, "dynamics_every": 1},
         },
         "grid": {
             "task.seq_len": [10, 25, 50],
@@ -60,6 +67,42 @@ PRESETS: dict[str, dict[str, Any]] = {
                 },
                 {"label": "LSTM, chrono init", "model": {"cell": "lstm", "init": {"chrono": True}}},
                 {"label": "GRU", "model": {"cell": "gru"}},
+            ],
+        },
+        "seeds": [0, 1],
+    },
+    # Gradient flossing (Engelken 2023) on the adding problem: the same tanh RNN with and
+    # without the penalty that pushes the top Lyapunov exponents toward 0, from an orthogonal
+    # W_hh (lambda_1 < 0 once trained: vanishing) and from a chaotic one (W ~ N(0, 3^2/N),
+    # lambda_1 > 0), clipped alike so that the chaotic net is not simply a NaN.
+    "flossing": {
+        "name": "gradient flossing: a tanh RNN with and without it, on the adding problem",
+        "description": "What pushing the top Lyapunov exponents toward 0 during training does "
+        "to lambda_1, the loss and the verdict: a tanh RNN (orthogonal W_hh, and a chaotic "
+        "normal W_hh of gain 3) with and without train.flossing (weight 0.1, k = 4, every "
+        "step), clip by norm 1 for all, at T = 25, 50 and 100.",
+        "base": {
+            "task": {"name": "adding"},
+            "model": {"hidden_size": 64},
+            "train": {
+                "steps": 1500,
+                "batch_size": 32,
+                "optimizer": {"name": "adam", "lr": 0.002},
+                "clip": {"mode": "norm", "max_norm": 1.0},
+            },
+            "instrument": {"every": 50, "val_every": 100, "dynamics_every": 1},
+        },
+        "grid": {
+            "task.seq_len": [25, 50, 100],
+            "variant": [
+                {"label": "tanh RNN"},
+                {"label": "tanh RNN + flossing", "train": {"flossing": FLOSSING}},
+                {"label": "tanh RNN, chaotic W_hh", "model": {"init": CHAOTIC}},
+                {
+                    "label": "tanh RNN, chaotic W_hh + flossing",
+                    "model": {"init": CHAOTIC},
+                    "train": {"flossing": FLOSSING},
+                },
             ],
         },
         "seeds": [0, 1],

@@ -65,6 +65,30 @@ def test_thresholds_are_where_the_verdict_flips() -> None:
             assert diagnose(summary_with(geometric(g, t_len)))["verdict"] == want
 
 
+def test_a_profile_that_underflowed_to_zero_is_vanishing_not_flat() -> None:
+    """Seen on a tanh RNN, adding T = 200, 1,500 steps: the float32 profile decays at about
+    -0.86 per step and is exactly 0 for t < 150. Every zero at the same ln(1e-300) floor made
+    most Theil-Sen pairs flat: rate 0, `healthy`."""
+    underflowed = [0.0] * 150 + geometric(math.exp(-0.86), 50)
+    ev = profile_evidence(underflowed)
+    assert ev["zero_at_steps_back"] == 50
+    # fitted up to the first zero, which is the floor: the decay that is there
+    assert ev["log_rate_robust"] == pytest.approx(-0.86, rel=1e-9)
+    d = diagnose(window_of(*[[underflowed]] * 5), spec_of(task={"seq_len": 200}))
+    assert d["verdict"] == "vanishing", d["reason"]
+    # flat, then cut within the lag: nothing came back past the cut, whatever the rate says
+    cut = [0.0] * 100 + [1.0] * 100
+    d = diagnose(window_of(*[[cut]] * 5), spec_of(task={"seq_len": 200}))
+    assert d["layers"][0]["states"]["h"]["log_rate_per_step"] == pytest.approx(0.0, abs=1e-9)
+    assert d["verdict"] == "vanishing" and d["layers"][0]["log_gain_over_lag"] == D.LOG_FLOOR
+    # a zero past the lag the task needs (digits by rows: 7) does not decide
+    d = diagnose(window_of(*[[[0.0] + [1.0] * 63]] * 5), spec_of(task={"name": "digits"}))
+    assert d["layers"][0]["lag"] == 63 and d["verdict"] == "vanishing"
+    rows = spec_of(task={"name": "digits", "read": "rows"})
+    d = diagnose(window_of(*[[[0.0] * 2 + [1.0] * 8]] * 5), rows)
+    assert d["layers"][0]["lag"] == 7 and d["verdict"] == "healthy", d["reason"]
+
+
 def test_a_gradient_norm_alone_is_no_verdict_and_no_profile_is_inconclusive() -> None:
     big = D.EXPLODING_GRAD_NORM * 2
     d = diagnose(summary_with(None, max_grad_norm=big))
@@ -249,6 +273,33 @@ def test_class2_copy_judged_by_the_recall_losss_reach() -> None:
     del s["reach"]  # without reach, the flat h-profile of a run at the baseline decides nothing
     d = diagnose(s, spec, "succeeded")
     assert d["verdict"] == "inconclusive" and "reach" in d["reason"]
+
+
+def reach_of(*ratios: float) -> dict:
+    return {
+        "window": [
+            {"step": 10 * i, "layers": [{"log_rate_per_step": None, "ratio_key_to_loss": r}]}
+            for i, r in enumerate(ratios)
+        ]
+    }
+
+
+def test_class2_a_copy_lstm_is_judged_by_the_reach_not_its_mixed_cell_profile() -> None:
+    """dL/dc_t of a loss at every step is as flat as the h-profile: each step's own term. With
+    the reach, the cell profile is reported beside it, and the reach decides either way."""
+    spec = spec_of(task={"name": "copy", "seq_len": 50}, model={"cell": "lstm"})
+    flat = [[1.0] * 70]
+    s = window_of(*[flat] * 5, cells=[flat] * 5)
+    s.update(final_val_loss=0.29, best_val_loss=0.29, baseline_loss=0.297, baseline_loss_val=0.297)
+    for ratios, want in [((1e-9, 3e-6, 2e-7), "vanishing"), ((0.3, 0.1, 0.5), "healthy")]:
+        d = diagnose({**s, "reach": reach_of(*ratios)}, spec, "succeeded")
+        lay = d["layers"][0]
+        assert d["verdict"] == want, d["reason"]  # at the baseline, yet not inconclusive
+        assert set(lay["states"]) == {"h"} and lay["states"]["h"]["basis"] == "reach"
+        assert lay["states"]["h"]["cell_profile"]["log_gain_over_lag"] == pytest.approx(0.0)
+        assert lay["states"]["h"]["cell_profile"]["verdict"] is None
+    d = diagnose(s, spec, "succeeded")  # no reach: both profiles mixed, at the baseline
+    assert d["verdict"] == "inconclusive" and "c" in d["layers"][0]["states"]
 
 
 @pytest.mark.parametrize("t_len", [25, 50, 200, 1000])

@@ -60,13 +60,16 @@ def test_size_cap_and_budget() -> None:
     assert err.value.kind == "budget"
 
 
-@pytest.mark.parametrize("name", ["adding-mitigations", "copy-mitigations"])
-def test_preset_resolves_and_is_valid(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "variants", "label"),
+    [("adding-mitigations", 8, "LSTM"), ("copy-mitigations", 6, "LSTM"), ("flossing", 4, None)],
+)
+def test_preset_resolves_and_is_valid(name: str, variants: int, label: str | None) -> None:
     req = resolve(SweepCreate(preset=name))
     points = expand(req, BIG)
-    assert len(points) == 3 * 6 * 2 if name.startswith("copy") else 3 * 8 * 2
+    assert len(points) == 3 * variants * 2
     labels = {p["variant"] for p, _ in points}
-    assert "LSTM" in labels and "tanh RNN" in labels
+    assert "tanh RNN" in labels and (label is None or label in labels)
     with pytest.raises(Problem):
         resolve(SweepCreate(preset="nope"))
 

@@ -31,11 +31,19 @@ QR_EVERY = 4
 BLOCK = 32  # step Jacobians built at a time
 
 
+def start_frame(size: int, k: int) -> Tensor:
+    """A generic orthonormal (size, k) frame, the same at every call. Not the first k basis
+    vectors: a ReLU unit that is off at t = 0 zeroes its basis vector for good (ln 0 = -inf
+    in that column, an IRNN's lambda_1 read -inf where it is 0)."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.linalg.qr(torch.randn(size, k, generator=gen, dtype=torch.float64))[0]
+
+
 def exponents(jac: Jacobians, t_len: int, size: int, k: int) -> tuple[Tensor, Tensor]:
     """Top-k exponents of the product of the T step Jacobians, and the mean ln|det J_t| (in
     closed form where `jac.log_det` has it, else by LU: at S = 256 the LU is the cost)."""
     first = jac(0, 1)
-    q = torch.eye(size, min(k, size), dtype=first.dtype, device=first.device)
+    q = start_frame(size, min(k, size)).to(first)
     total = torch.zeros(q.shape[1], dtype=torch.float64, device=first.device)
     known = getattr(jac, "log_det", None)
     logdet = torch.zeros((), dtype=torch.float64, device=first.device)
@@ -50,7 +58,8 @@ def exponents(jac: Jacobians, t_len: int, size: int, k: int) -> tuple[Tensor, Te
             total += torch.diagonal(r).abs().log().double()
     if known is not None:
         logdet = known[:t_len].sum()
-    return total / t_len, logdet / t_len
+    # Descending: over a finite T exponents of (nearly) equal size come out in any order.
+    return (total / t_len).sort(descending=True).values, logdet / t_len
 
 
 def conditioning(jac: Jacobians, t_len: int, lags: list[int]) -> tuple[Tensor, Tensor]:
