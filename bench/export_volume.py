@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import api.render.tfevents  # noqa: E402
 from api.main import create_app  # noqa: E402
-from api.render.tfevents import ScalarWriter  # noqa: E402
+from api.render.tfevents import EventWriter  # noqa: E402
 from api.routes.export import scalar_series, tensorboard_tag  # noqa: E402
 from core import lifecycle  # noqa: E402
 from core.db import get_engine, get_sessionmaker  # noqa: E402
@@ -73,7 +73,7 @@ def python_crc32c(data: bytes) -> int:
 
 def write_events(series: list) -> bytes:
     out = io.BytesIO()
-    w = ScalarWriter(out, 1.7e9)
+    w = EventWriter(out, 1.7e9)
     for name, steps, values in series:
         w.series(tensorboard_tag(name), steps, values, [1.7e9 + s for s in steps])
     return out.getvalue()

@@ -117,19 +117,47 @@ def _of_attempt(row: Any) -> tuple:
     return (SeriesChunk.experiment_id == row.id, SeriesChunk.attempt == row.attempt)
 
 
-def iter_scalar_chunks(
-    session: Session, experiment_id: str, attempt: int, prefix: str | None
+SCALAR_CHUNKS_PER_FETCH = 200
+# A vector chunk is one flushed batch of profiles (steps x T values, up to an upload's 16 MB):
+# a few at a time.
+VECTOR_CHUNKS_PER_FETCH = 4
+
+
+def _iter_chunks(
+    session: Session, experiment_id: str, attempt: int, prefix: str | None, width: Any, per: int
 ) -> Iterator[SeriesChunk]:
-    """Every scalar (width 1) chunk of an attempt, by name then step, fetched in batches."""
     q = select(SeriesChunk).where(
-        SeriesChunk.experiment_id == experiment_id,
-        SeriesChunk.attempt == attempt,
-        SeriesChunk.width == 1,
+        SeriesChunk.experiment_id == experiment_id, SeriesChunk.attempt == attempt, width
     )
     if prefix:
         q = q.where(SeriesChunk.name.startswith(prefix, autoescape=True))
     q = q.order_by(SeriesChunk.name, SeriesChunk.first_step)
-    yield from session.scalars(q.execution_options(yield_per=200))
+    yield from session.scalars(q.execution_options(yield_per=per))
+
+
+def iter_scalar_chunks(
+    session: Session, experiment_id: str, attempt: int, prefix: str | None
+) -> Iterator[SeriesChunk]:
+    """Every scalar (width 1) chunk of an attempt, by name then step, fetched in batches."""
+    width = SeriesChunk.width == 1
+    yield from _iter_chunks(session, experiment_id, attempt, prefix, width, SCALAR_CHUNKS_PER_FETCH)
+
+
+def iter_vector_chunks(
+    session: Session, experiment_id: str, attempt: int, prefix: str | None
+) -> Iterator[SeriesChunk]:
+    """Every vector (width > 1) chunk of an attempt (temporal profiles, credit, exponents, ...),
+    by name then step, VECTOR_CHUNKS_PER_FETCH at a time."""
+    width = SeriesChunk.width > 1
+    yield from _iter_chunks(session, experiment_id, attempt, prefix, width, VECTOR_CHUNKS_PER_FETCH)
+
+
+def iter_rows(chunk: SeriesChunk) -> Iterator[tuple[int, tuple[float, ...]]]:
+    """A chunk's points one step at a time, (step, its `width` values), each row decoded only
+    when it is reached: a large chunk is never unpacked whole."""
+    steps = _unpack("q", chunk.steps)
+    row = struct.Struct(f"<{chunk.width}d")
+    yield from zip(steps, row.iter_unpack(chunk.values), strict=True)
 
 
 def chunks_after(

@@ -7,6 +7,7 @@
     gradlab traces ID --out traces.json  # metrics, gradients, instruments, events
     gradlab export ID --tensorboard logs # then: tensorboard --logdir logs
     gradlab export ID --csv traces.csv   # every scalar series as step,name,value
+    gradlab export ID --vectors-csv v.csv # profiles, credit, exponents as step,name,index,value
     gradlab sweep sweep.json --wait
     gradlab sweeps show ID | cancel ID
     gradlab report ID --out report.html  # self-contained HTML (add --sweep for a sweep)
@@ -116,11 +117,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="file to write (default: stdout)")
     s.add_argument("--max-points", type=int, help="thin each series to at most this many")
 
-    s = sub.add_parser("export", help="an experiment's scalar series for TensorBoard or as CSV")
+    s = sub.add_parser("export", help="an experiment's series for TensorBoard or as CSV")
     s.add_argument("id")
     to = s.add_mutually_exclusive_group(required=True)
     to.add_argument("--tensorboard", metavar="LOGDIR", help="extract its run into this folder")
     to.add_argument("--csv", metavar="FILE", help="write step,name,value rows (- for stdout)")
+    to.add_argument(
+        "--vectors-csv",
+        metavar="FILE",
+        help="write the vector series (temporal profiles, ...) as step,name,index,value rows",
+    )
     s.add_argument("--prefix", help="only series whose stored name starts so (e.g. grad/)")
 
     s = sub.add_parser("sweep", help="submit a sweep (JSON file, - for stdin)")
@@ -189,6 +195,9 @@ def run(args: argparse.Namespace, gl: Client) -> int:
         for path in gl.export_tensorboard(args.id, args.tensorboard, args.prefix):
             print(f"wrote {path}", file=sys.stderr)
         print(f"look with: tensorboard --logdir {args.tensorboard}", file=sys.stderr)
+    elif cmd == "export" and args.vectors_csv:
+        text = gl.export_vectors_csv(args.id, args.prefix)
+        sys.stdout.write(text) if args.vectors_csv == "-" else _write(text, args.vectors_csv)
     elif cmd == "export":
         text = gl.export_csv(args.id, args.prefix)
         sys.stdout.write(text) if args.csv == "-" else _write(text, args.csv)

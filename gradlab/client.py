@@ -275,6 +275,13 @@ class Client:
             "GET", f"/v1/experiments/{experiment_id}/export.csv", params=params
         ).text
 
+    def export_vectors_csv(self, experiment_id: str, prefix: str | None = None) -> str:
+        """Every vector series (temporal profiles, credit, exponents, ...) as
+        `step,name,index,value` rows, one a value; `prefix` picks series by name."""
+        params = {"prefix": prefix} if prefix else {}
+        path = f"/v1/experiments/{experiment_id}/export/vectors.csv"
+        return self.request("GET", path, params=params).text
+
     def export_tensorboard(
         self, experiment_id: str, logdir: str | Path, prefix: str | None = None
     ) -> list[Path]:

@@ -82,9 +82,22 @@ class RecurrentNet(nn.Module):
         self.hidden_size = hidden_size
         self.residual = residual
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.rnn = nn.ModuleList(make_layer(cell, activation, i, hidden_size, norm) for i in sizes)
+        # Registered under the cell's name, so that every parameter name says the cell
+        # (`lstm.0.weight_hh_l0`, `gru.1.bias_ih_l0`, `rnn.0.weight_hh_l0`): the gradient norms,
+        # update ratios and NaN origins a user reads are named from here.
+        self.add_module(
+            cell, nn.ModuleList(make_layer(cell, activation, i, hidden_size, norm) for i in sizes)
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, output_size)
+
+    @property
+    def rnn(self) -> nn.ModuleList:
+        """The stacked layers, whatever the cell (registered under the cell's name)."""
+        layers = self._modules.get(self.cell)
+        if layers is None:  # not registered yet: what hasattr() in add_module() asks
+            raise AttributeError("rnn")
+        return layers
 
     def fused_mode(self) -> str | None:
         """The multi-layer kernel's mode ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') when the whole
@@ -171,4 +184,6 @@ class RecurrentNet(nn.Module):
 
     def recurrent_weights(self) -> dict[str, Tensor]:
         """Each layer's W_hh (gate blocks stacked: (G*H, H)), keyed by parameter name."""
-        return {f"rnn.{i}.weight_hh_l0": layer.weight_hh_l0 for i, layer in enumerate(self.rnn)}
+        return {
+            f"{self.cell}.{i}.weight_hh_l0": layer.weight_hh_l0 for i, layer in enumerate(self.rnn)
+        }

@@ -1,13 +1,25 @@
 """TensorBoard event files written by hand: TFRecord framing around serialized
-`tensorflow.Event` protobufs, holding scalar summaries (`simple_value`).
+`tensorflow.Event` protobufs, holding scalar summaries (`simple_value`) and, for the vector
+series, the histograms plugin's tensor summaries.
 
 The API must not import torch or tensorflow and does not need the `tensorboard` package at run
 time, so the few bytes of protobuf are encoded here (the CRC32C comes from google-crc32c, a
-small C extension with no dependencies). Only what scalars need:
+small C extension with no dependencies). Only what these need:
 
     Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
     Summary { repeated Value value = 1; }
-    Value   { string tag = 1; float simple_value = 2; }
+    Value   { string tag = 1; float simple_value = 2; TensorProto tensor = 8;
+              SummaryMetadata metadata = 9; }
+    SummaryMetadata { PluginData plugin_data = 1; }   PluginData { string plugin_name = 1; }
+    TensorProto { DataType dtype = 1; TensorShapeProto tensor_shape = 2; bytes tensor_content = 4; }
+    TensorShapeProto { repeated Dim dim = 2; }   Dim { int64 size = 1; }
+
+A vector (a temporal profile over t, the credit per key input, the top-k exponents, ...) is
+written as what `tf.summary.histogram` writes, a float64 tensor of k buckets
+`[left edge, right edge, count]`, with bucket i = `[i, i + 1)` and the vector's i-th value as
+its count: TensorBoard's Histograms tab then draws each step's vector over its index (a
+profile over t, one curve per training step), and the values are the stored float64 ones,
+exactly.
 
 A record is: uint64 length (little-endian), uint32 masked CRC32C of those 8 bytes, the data,
 uint32 masked CRC32C of the data. TensorBoard's reader checks both CRCs."""
@@ -15,7 +27,9 @@ uint32 masked CRC32C of the data. TensorBoard's reader checks both CRCs."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+import sys
+from array import array
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import BinaryIO
 
@@ -102,15 +116,56 @@ def scalar_summary(tag: str, value: float) -> bytes:
     return _delimited(1, _delimited(1, tag.encode()) + _SIMPLE_VALUE + _float32(value))
 
 
-class ScalarWriter:
-    """Writes an event file to `out`: the file-version record, then scalar events.
+DT_DOUBLE = 2
+HISTOGRAMS_PLUGIN = b"histograms"
+# SummaryMetadata{plugin_data: PluginData{plugin_name: "histograms"}}; the plugin's own data
+# (HistogramPluginData{version: 0}) serialises to nothing.
+_HISTOGRAM_METADATA = _delimited(9, _delimited(1, _delimited(1, HISTOGRAMS_PLUGIN)))
 
-    The Summary bytes for a tag differ between points only in the last four (the float), so
-    the tag's prefix is encoded once per series, not once per point."""
+
+def _little_endian(a: array) -> bytes:
+    if sys.byteorder != "little":
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+class Buckets:
+    """The histogram buckets of vectors `width` long: the edges [i, i + 1) fixed, the counts the
+    vector's values. One buffer reused for every row of a series."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.cells = array("d", [0.0]) * (3 * width)  # row-major (width, 3)
+        self.cells[0::3] = array("d", map(float, range(width)))
+        self.cells[1::3] = array("d", map(float, range(1, width + 1)))
+        # TensorShapeProto{dim: [{size: width}, {size: 3}]}
+        shape = _delimited(2, _field(1, 0) + varint(width)) + _delimited(
+            2, _field(1, 0) + varint(3)
+        )
+        self.head = _field(1, 0) + varint(DT_DOUBLE) + _delimited(2, shape)
+
+    def tensor(self, values: Sequence[float]) -> bytes:
+        """A serialized TensorProto: float64, shape (width, 3), the values as the counts."""
+        self.cells[2::3] = array("d", values)
+        return self.head + _delimited(4, _little_endian(self.cells))
+
+
+def vector_summary(tag: str, tensor: bytes) -> bytes:
+    """A Summary with one Value{tag, tensor, metadata: the histograms plugin}."""
+    return _delimited(1, _delimited(1, tag.encode()) + _delimited(8, tensor) + _HISTOGRAM_METADATA)
+
+
+class EventWriter:
+    """Writes an event file to `out`: the file-version record, then scalar and vector events.
+
+    The Summary bytes for a scalar tag differ between points only in the last four (the float),
+    so the tag's prefix is encoded once per series, not once per point."""
 
     def __init__(self, out: BinaryIO, wall_time: float) -> None:
         self.out = out
         self.points = 0
+        self._buckets: dict[int, Buckets] = {}  # by width
         out.write(record(event(wall_time, file_version=FILE_VERSION)))
 
     def series(
@@ -131,3 +186,12 @@ class ScalarWriter:
             chunk.append(record(data))
             self.points += 1
         self.out.write(b"".join(chunk))
+
+    def vector(self, tag: str, step: int, values: Sequence[float], wall_time: float) -> None:
+        """One point of a vector tag as a histogram tensor (see Buckets)."""
+        buckets = self._buckets.get(len(values))
+        if buckets is None:
+            buckets = self._buckets[len(values)] = Buckets(len(values))
+        summary = vector_summary(tag, buckets.tensor(values))
+        self.out.write(record(event(wall_time, step, summary=summary)))
+        self.points += 1

@@ -1,12 +1,20 @@
-"""An experiment's scalar series for other tools, read series by series (by name), each in
-step order, in a session of their own and a chunk at a time, so a long run never sits whole in
-memory. The vector series are in neither: the temporal profiles are in /gradients; credit per
-key input, reach, Lyapunov exponents, conditioning and the cell path in /dynamics.
+"""An experiment's series for other tools, read series by series (by name), each in step
+order, in a session of their own and a chunk at a time (a vector chunk a row at a time), so a
+long run never sits whole in memory.
 
-- GET /v1/experiments/{id}/export.csv: rows `step,name,value`, streamed. Non-finite values are
-  written `nan`, `inf`, `-inf`.
+- GET /v1/experiments/{id}/export.csv: the scalar series as rows `step,name,value`, streamed.
+- GET /v1/experiments/{id}/export/vectors.csv: the vector series (the temporal profiles
+  `temporal/{layer}`, `cell_temporal/{layer}`, `credit`, `lyapunov/{layer}`,
+  `conditioning/{layer}/...`, `reach/{layer}...`) in long format, rows `step,name,index,value`
+  (`index` is t for a profile, the key input for credit, the exponent's rank, the lag's
+  position), streamed; `df[df.name == "temporal/0"].pivot(index="step", columns="index",
+  values="value")` is pandas' steps x T matrix.
 - GET /v1/experiments/{id}/export/tensorboard: a .tar.gz of one TensorBoard run directory
-  holding one event file of scalars (see `api.render.tfevents`)."""
+  holding one event file: the scalars, and each vector as a histogram tensor a step (see
+  `api.render.tfevents`).
+
+Non-finite values are written `nan`, `inf`, `-inf` in the CSVs; every other value as the
+shortest text that reads back as the stored float64."""
 
 from __future__ import annotations
 
@@ -21,12 +29,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import Owner, SessionDep
-from api.render.tfevents import ScalarWriter
+from api.render.tfevents import EventWriter
 from api.serializers import run_label
 from core.db import get_sessionmaker
 from core.owned import get_experiment
 from core.tables import Experiment, as_utc
-from core.traces import iter_scalar_chunks, unpack
+from core.traces import iter_rows, iter_scalar_chunks, iter_vector_chunks, unpack
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 PrefixQuery = Annotated[
@@ -34,6 +42,10 @@ PrefixQuery = Annotated[
 ]
 CSV_RESPONSES = {
     200: {"description": "step,name,value rows", "content": {"text/csv": {}}},
+    404: {},
+}
+VECTORS_CSV_RESPONSES = {
+    200: {"description": "step,name,index,value rows", "content": {"text/csv": {}}},
     404: {},
 }
 TENSORBOARD_RESPONSES = {
@@ -57,6 +69,7 @@ TAGS = {
 TAG_PREFIXES = {"grad/": "grad_norm/"}
 SPOOL_BYTES = 16 * 1024 * 1024  # past this the archive being built goes to a temporary file
 READ_BYTES = 64 * 1024
+CSV_BLOCK_BYTES = 64 * 1024  # the vectors CSV goes out in pieces about this big
 
 
 def scalar_series(
@@ -71,18 +84,51 @@ def scalar_series(
             yield chunk.name, steps, [v[0] for v in values]
 
 
+def vector_rows(
+    experiment_id: str, attempt: int, prefix: str | None
+) -> Iterator[tuple[str, int, tuple[float, ...]]]:
+    """Every vector (width > 1) series of an attempt as (name, step, values), by name, then in
+    step order, a row at a time; in a session of its own, as scalar_series."""
+    with get_sessionmaker()() as session:
+        for chunk in iter_vector_chunks(session, experiment_id, attempt, prefix):
+            for step, values in iter_rows(chunk):
+                yield chunk.name, step, values
+
+
 def _number(v: float) -> str:
     return repr(v) if v == v and v not in (float("inf"), float("-inf")) else str(v)
+
+
+def _csv_name(name: str) -> str:
+    return name if "," not in name else f'"{name}"'
 
 
 def csv_rows(experiment_id: str, attempt: int, prefix: str | None) -> Iterator[bytes]:
     """The CSV, a chunk of rows at a time."""
     yield b"step,name,value\n"
     for name, steps, values in scalar_series(experiment_id, attempt, prefix):
-        quoted = name if "," not in name else f'"{name}"'
+        quoted = _csv_name(name)
         yield "".join(
             f"{s},{quoted},{_number(v)}\n" for s, v in zip(steps, values, strict=True)
         ).encode()
+
+
+def vector_csv_rows(experiment_id: str, attempt: int, prefix: str | None) -> Iterator[bytes]:
+    """The vectors CSV in pieces of about CSV_BLOCK_BYTES: one step's vector is its `width`
+    lines (a profile of T = 10,000 is 10,000 lines), so pieces are cut by size, not by row."""
+    yield b"step,name,index,value\n"
+    block: list[str] = []
+    size = 0
+    for name, step, values in vector_rows(experiment_id, attempt, prefix):
+        head = f"{step},{_csv_name(name)},"
+        lines = "".join(f"{head}{i},{_number(v)}\n" for i, v in enumerate(values))
+        block.append(lines)
+        size += len(lines)
+        if size >= CSV_BLOCK_BYTES:
+            yield "".join(block).encode()
+            block, size = [], 0
+    if block:
+        yield "".join(block).encode()
 
 
 @router.get(
@@ -99,6 +145,29 @@ def export_csv(
         csv_rows(row.id, row.attempt, prefix),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{row.id}.csv"'},
+    )
+
+
+@router.get(
+    "/{experiment_id}/export/vectors.csv",
+    response_class=StreamingResponse,
+    responses=VECTORS_CSV_RESPONSES,
+)
+def export_vectors_csv(
+    owner: Owner, experiment_id: str, session: SessionDep, prefix: PrefixQuery = None
+) -> StreamingResponse:
+    """Every vector series, long format: `step,name,index,value`, one row per value. `name` is
+    the stored series (`temporal/<layer>`: ||dL/dh_t||, index t; `cell_temporal/<layer>`:
+    ||dL/dc_t||; `credit`: ||dL/dx|| per key input; `lyapunov/<layer>`: the top-k exponents;
+    `conditioning/<layer>/sigma_max|sigma_min`: over the lags 1, 2, 4, ...;
+    `reach/<layer>`, `reach/<layer>/matrix` (row-major lags x terms), `reach/<layer>/w_hh_split`).
+    In pandas, `df[df.name == "temporal/0"].pivot(index="step", columns="index",
+    values="value")` is the steps x T profile matrix. `prefix` picks series as in export.csv."""
+    row = get_experiment(session, experiment_id, owner)
+    return StreamingResponse(
+        vector_csv_rows(row.id, row.attempt, prefix),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{row.id}.vectors.csv"'},
     )
 
 
@@ -142,9 +211,11 @@ def tensorboard_archive(row: Experiment, prefix: str | None) -> tuple[IO[bytes],
     out = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (outlives this function)
     try:
         with SpooledTemporaryFile(max_size=SPOOL_BYTES) as events:
-            writer = ScalarWriter(events, t0)
+            writer = EventWriter(events, t0)
             for name, steps, values in scalar_series(row.id, row.attempt, prefix):
                 writer.series(tensorboard_tag(name), steps, values, map(wall_time, steps))
+            for name, step, values in vector_rows(row.id, row.attempt, prefix):
+                writer.vector(name, step, values, wall_time(step))
             info = tarfile.TarInfo(f"{run_name(row)}/events.out.tfevents.{int(t0)}.gradlab")
             info.size, info.mtime, info.mode = events.tell(), int(t0), 0o644
             events.seek(0)
@@ -180,15 +251,19 @@ def _read_out(f: IO[bytes]) -> Iterator[bytes]:
 def export_tensorboard(
     owner: Owner, experiment_id: str, session: SessionDep, prefix: PrefixQuery = None
 ) -> StreamingResponse:
-    """The scalar series of export.csv as a TensorBoard run: a .tar.gz of one directory
-    `<name>_<id8>/` (or `<id>/`) with one `events.out.tfevents.<start>.gradlab`, for
-    `tar xzf` then `tensorboard --logdir`. Tags group by their first part: `loss/train`,
-    `loss/validation`, `accuracy/...`, `optimizer/lr`, `grad_norm/<param>` (before clipping),
-    `grad_norm_global/before_clip` and `after_clip`, `clip/fired`, `spectrum/...`,
-    `saturation/...`, `update_ratio/...`, `weight_norm/...`, `credit/ratio`, `gates/...`.
-    Values are float32 (TensorBoard's
-    scalars); wall times are spread evenly over the run's duration by step. `prefix` picks
-    stored series names as in export.csv (`grad/` gives the `grad_norm/` tags)."""
+    """The series of export.csv and export/vectors.csv as a TensorBoard run: a .tar.gz of one
+    directory `<name>_<id8>/` (or `<id>/`) with one `events.out.tfevents.<start>.gradlab`, for
+    `tar xzf` then `tensorboard --logdir`. Scalars (the Scalars tab, float32 values): tags
+    group by their first part: `loss/train`, `loss/validation`, `accuracy/...`,
+    `optimizer/lr`, `grad_norm/<param>` (before clipping), `grad_norm_global/before_clip` and
+    `after_clip`, `clip/fired`, `spectrum/...`, `saturation/...`, `update_ratio/...`,
+    `weight_norm/...`, `credit/ratio`, `gates/...`. Vectors (the Histograms tab), under their
+    stored names (`temporal/<layer>`, `cell_temporal/<layer>`, `credit`, `lyapunov/<layer>`,
+    `conditioning/...`, `reach/...`): at each instrumented step a histogram whose bucket
+    [i, i + 1) holds the vector's i-th value (float64), so the tab draws the profile over t
+    at every training step. Wall times are spread evenly over the run's duration by step.
+    `prefix` picks stored series names as in export.csv (`grad/` gives the `grad_norm/`
+    tags, `temporal/` the profiles)."""
     row = get_experiment(session, experiment_id, owner)
     archive, size = tensorboard_archive(row, prefix)
     return StreamingResponse(

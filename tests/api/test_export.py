@@ -228,3 +228,148 @@ def test_the_dynamics_scalars_are_exported(client, sessions, tmp_path: Path) -> 
         assert [e.value for e in tb[name]] == pytest.approx(served["values"], rel=1e-6)
     vectors = ("credit", "lyapunov/", "conditioning/", "cell_temporal/", "reach/")
     assert not any(r["name"] == "credit" or r["name"].startswith(vectors[1:]) for r in table)
+
+
+# -- the vector series --
+
+DYNAMIC = {**LSTM_SMALL, "instrument": {**SMALL["instrument"], "dynamics_every": 2}}
+
+
+def stored_vectors(sessions, exp_id: str) -> dict[str, tuple[list[int], list[list[float]]]]:
+    """Every vector series as stored (float64), read back through core.traces."""
+    from core.tables import Experiment
+    from core.traces import read_series
+
+    with sessions() as s:
+        found = read_series(s, s.get(Experiment, exp_id), prefix="")
+    return {name: sv for name, sv in found.items() if sv[1] and isinstance(sv[1][0], list)}
+
+
+def test_export_vectors_csv_holds_every_vector_series_exactly(client, sessions) -> None:
+    """Long format, `step,name,index,value`: each stored float64 comes back as the same float
+    (repr round-trips), and pivoted by step and index it is the steps x T matrix of
+    /gradients."""
+    exp_id = run(sessions, DYNAMIC)
+    stored = stored_vectors(sessions, exp_id)
+    wanted = {"temporal/0", "temporal/1", "cell_temporal/0", "credit", "lyapunov/1"}
+    assert wanted | {"conditioning/0/sigma_max"} <= stored.keys()
+    resp = client.get(f"/v1/experiments/{exp_id}/export/vectors.csv")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
+    assert f'filename="{exp_id}.vectors.csv"' in resp.headers["content-disposition"]
+    assert resp.text.startswith("step,name,index,value\n")
+    got: dict[str, dict[int, list[float]]] = {}
+    for r in csv.DictReader(io.StringIO(resp.text)):
+        row = got.setdefault(r["name"], {}).setdefault(int(r["step"]), [])
+        assert int(r["index"]) == len(row)  # indices 0.. in order
+        row.append(float(r["value"]))
+    assert got.keys() == stored.keys()  # vectors only: no scalar series here
+    for name, (steps, values) in stored.items():
+        assert list(got[name]) == steps
+        assert list(got[name].values()) == values, name  # exactly, not approximately
+
+    # the pivot a pandas user makes: layer 1's steps x T profile matrix, as /gradients has it
+    temporal = client.get(f"/v1/experiments/{exp_id}/gradients").json()["temporal"]["layers"][1]
+    profile = got["temporal/1"]
+    assert list(profile) == temporal["steps"]
+    assert {len(row) for row in profile.values()} == {SMALL["task"]["seq_len"]}
+    assert list(profile.values()) == temporal["values"]
+
+    only = client.get(f"/v1/experiments/{exp_id}/export/vectors.csv", params={"prefix": "credit"})
+    assert {r["name"] for r in csv.DictReader(io.StringIO(only.text))} == {"credit"}
+    queued = add_experiment(sessions, SMALL)
+    assert client.get(f"/v1/experiments/{queued}/export/vectors.csv").text == (
+        "step,name,index,value\n"
+    )
+    assert_problem(client.get("/v1/experiments/missing/export/vectors.csv"), 404)
+
+
+def tensorboard_histograms(run_dir: Path) -> dict[str, list[tuple[int, float, list]]]:
+    """Every histogram of a TensorBoard run as TensorBoard's histograms plugin serves it to its
+    dashboard: {tag: [(step, wall_time, [[left, right, count], ...]), ...]}."""
+    import json
+
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.histogram import histograms_plugin
+
+    mux = pem.EventMultiplexer(tensor_size_guidance={"histograms": 0})  # keep every step
+    mux.AddRunsFromDirectory(str(run_dir.parent))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(run_dir.parent))
+    plugin = histograms_plugin.HistogramsPlugin(
+        base_plugin.TBContext(data_provider=provider, sampling_hints={"histograms": 0})
+    )
+    ctx = context.RequestContext()
+    tags = plugin.index_impl(ctx, experiment="")[run_dir.name]
+    out = {}
+    for tag in tags:
+        body, _ = plugin.histograms_impl(ctx, tag, run_dir.name, "", downsample_to=10**6)
+        out[tag] = [(step, wall, buckets) for wall, step, buckets in json.loads(json.dumps(body))]
+    return out
+
+
+def test_export_tensorboard_holds_every_vector_as_a_histogram(
+    client, sessions, tmp_path: Path
+) -> None:
+    """Each vector series is a histogram tag a step: bucket [i, i + 1) holds the i-th value,
+    the stored float64 exactly, read back through TensorBoard's own histograms plugin."""
+    exp_id = run(sessions, DYNAMIC)
+    stored = stored_vectors(sessions, exp_id)
+    run_dir = tensorboard_run(client.get(f"/v1/experiments/{exp_id}/export/tensorboard"), tmp_path)
+    hist = tensorboard_histograms(run_dir)
+    assert hist.keys() == stored.keys()
+    for name, (steps, values) in stored.items():
+        assert [step for step, _, _ in hist[name]] == steps
+        for (_, _, buckets), vector in zip(hist[name], values, strict=True):
+            assert [b[2] for b in buckets] == vector, name  # exactly
+            assert [(b[0], b[1]) for b in buckets] == [(i, i + 1) for i in range(len(vector))]
+    # the scalars are still there beside them, and the wall times agree with theirs
+    tb = scalars(run_dir)
+    assert "loss/train" in tb and not hist.keys() & tb.keys()
+    walls = {e.step: e.wall_time for e in tb["grad_norm_global/before_clip"]}
+    assert [w for step, w, _ in hist["temporal/0"]] == pytest.approx(
+        [walls[step] for step, _, _ in hist["temporal/0"]]
+    )
+    only = client.get(
+        f"/v1/experiments/{exp_id}/export/tensorboard", params={"prefix": "temporal/"}
+    )
+    picked = tensorboard_run(only, tmp_path / "only")
+    assert tensorboard_histograms(picked).keys() == {"temporal/0", "temporal/1"}
+    assert scalars(picked) == {}
+
+
+def test_the_vectors_csv_is_streamed_in_bounded_memory(client, sessions) -> None:
+    """A profile series of 1 MB stored (4.5 MB of CSV) goes out in pieces: the export holds a
+    few chunks and one piece at a time, never the series or the file (peak 0.7 MB here)."""
+    import tracemalloc
+
+    import numpy as np
+
+    from api.routes.export import CSV_BLOCK_BYTES, vector_csv_rows
+    from core.tables import Experiment
+    from core.traces import chunk_row
+
+    exp_id = add_experiment(sessions, SMALL)
+    rng = np.random.default_rng(0)
+    chunks, per_chunk, width = 16, 25, 300
+    with sessions() as s:
+        row = s.get(Experiment, exp_id)
+        row.status, row.attempt = "succeeded", 1
+        for c in range(chunks):
+            steps = list(range(c * per_chunk, (c + 1) * per_chunk))
+            s.add(chunk_row(exp_id, 1, "temporal/0", steps, rng.random((per_chunk, width))))
+        s.commit()
+    tracemalloc.start()
+    try:
+        total, pieces, biggest = 0, 0, 0
+        for piece in vector_csv_rows(exp_id, 1, None):
+            total, pieces, biggest = total + len(piece), pieces + 1, max(biggest, len(piece))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total > 4_000_000 and pieces > 50 and biggest < 2 * CSV_BLOCK_BYTES
+    assert peak < 1_500_000, peak  # the stored series is 1 MB, its CSV 4.5 MB
+    body = client.get(f"/v1/experiments/{exp_id}/export/vectors.csv").text
+    assert len(body) == total and body.count("\n") == 1 + chunks * per_chunk * width

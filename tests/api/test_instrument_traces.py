@@ -37,6 +37,9 @@ def test_gradients_carry_the_temporal_profiles(client, finished: str) -> None:
         assert all(len(row) == 10 and all(v > 0 for v in row) for row in d["values"])
     before, after = body["global_norm"]["before_clip"], body["global_norm"]["after_clip"]
     assert after == pytest.approx([min(b, 0.05) for b in before], rel=1e-4)
+    params = set(body["parameters"])
+    assert {"lstm.0.weight_hh_l0", "lstm.1.weight_ih_l0", "head.weight"} <= params
+    assert all(p.startswith(("lstm.", "head.")) for p in params)
 
 
 def test_temporal_profiles_are_thinned_like_the_rest(client, finished: str) -> None:
@@ -63,7 +66,10 @@ def test_instruments_route(client, finished: str) -> None:
                 assert 0 < r <= s * (1 + 1e-6)  # |eigenvalue| <= largest singular value
     assert set(body["saturation"]["1"]) == {"i", "f", "g", "o"}
     assert all(0 <= v <= 1 for v in body["saturation"]["0"]["f"]["values"])
-    ratio = body["update_ratio"]["rnn.0.weight_hh_l0"]
+    # an lstm's parameters are named after the cell, in every per-parameter series
+    assert {"lstm.0.weight_hh_l0", "lstm.1.bias_ih_l0"} <= body["update_ratio"].keys()
+    assert not any(name.startswith("rnn.") for name in body["update_ratio"])
+    ratio = body["update_ratio"]["lstm.0.weight_hh_l0"]
     assert ratio["steps"] == STEPS and all(v > 0 for v in ratio["values"])
     assert body["weight_norm"]["head.weight"]["steps"] == STEPS
     clip = body["clipping"]

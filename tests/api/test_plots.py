@@ -263,3 +263,40 @@ def test_lyapunov_and_credit_plots_hold_the_stored_numbers(client, sessions) -> 
     assert len(first.get_xdata()) == 2  # adding: the two marked values
     page = client.get(f"/v1/experiments/{exp_id}/report").text
     assert 'id="plot-lyapunov"' in page and 'id="plot-credit"' in page
+
+
+def test_every_spectrum_panel_says_what_its_y_axis_is(sessions) -> None:
+    exp_id = run(sessions, {**SMALL, "model": {"cell": "gru", "hidden_size": 8, "num_layers": 2}})
+    fig = figure_of(sessions, exp_id, "spectrum")
+    assert len(fig.axes) == 2  # a panel a layer
+    for ax in fig.axes:
+        assert ax.get_ylabel() == "singular value / spectral radius"
+        assert ax.get_xlabel() == "training step"
+        assert {line.get_label() for line in ax.lines} >= {"r: sigma_max", "n: spectral radius"}
+
+
+def test_an_lstm_stored_before_the_cell_names_still_renders(client, sessions) -> None:
+    """LSTM and GRU runs stored before parameters were named after the cell have `grad/rnn.*`
+    series: names are read back as stored (never by pattern), so they still plot and serve."""
+    import numpy as np
+
+    from core.tables import Experiment
+    from core.traces import chunk_row
+
+    lstm = {**SMALL, "model": {"cell": "lstm", "hidden_size": 8}}
+    exp_id = add_experiment(sessions, lstm)
+    steps = [0, 5, 10]
+    old = {"rnn.0.weight_hh_l0": [0.5, 0.25, 0.125], "head.weight": [1.0, 2.0, 3.0]}
+    with sessions() as s:
+        row = s.get(Experiment, exp_id)
+        row.status, row.attempt, row.progress_step = "succeeded", 1, 11
+        s.add(chunk_row(exp_id, 1, "grad_norm_total", steps, np.array([[1.0], [2.0], [3.0]])))
+        for name, values in old.items():
+            s.add(chunk_row(exp_id, 1, f"grad/{name}", steps, np.array(values)[:, None]))
+        s.commit()
+    assert client.get(f"/v1/experiments/{exp_id}/gradients").json()["parameters"] == old
+    left = figure_of(sessions, exp_id, "gradients").axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in left.lines}
+    assert lines["rnn.0.weight_hh_l0"] == old["rnn.0.weight_hh_l0"]
+    png(client.get(f"/v1/experiments/{exp_id}/plots/gradients.png").content)
+    assert client.get(f"/v1/experiments/{exp_id}/report").status_code == 200

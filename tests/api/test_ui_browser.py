@@ -155,6 +155,8 @@ def test_the_ui_in_chromium(server: str, browser: Browser, api_key, tmp_path: Pa
             f"Number(document.getElementById('chart-loss').dataset.points) > {first}", 60
         )
         assert "step" in browser.text("#progress-text")
+        # the stream's verdict so far, shown (provisional) while it trains
+        browser.wait_for("document.getElementById('main').dataset.verdictSoFar !== undefined", 60)
         browser.wait_for("document.getElementById('main').dataset.ended === 'succeeded'", 120)
     finally:
         trainer.join(120)

@@ -170,6 +170,17 @@ def test_export_tensorboard_and_csv(client, sessions, capsys, tmp_path: Path) ->
     assert code == 0 and lines[0] == "step,name,value" and len(lines) > 1
     assert all(line.split(",")[1].startswith("grad/") for line in lines[1:])
 
+    vectors = tmp_path / "vectors.csv"
+    code, _, err = cli(client, capsys, "export", exp_id, "--vectors-csv", str(vectors))
+    lines = vectors.read_text().splitlines()
+    assert code == 0 and lines[0] == "step,name,index,value"
+    profile = [line.split(",") for line in lines[1:] if line.split(",")[1] == "temporal/0"]
+    temporal = client.get(f"/v1/experiments/{exp_id}/gradients").json()["temporal"]["layers"][0]
+    assert [float(v) for _, _, _, v in profile[:10]] == temporal["values"][0]  # step 0, t 0..9
+    assert [int(t) for _, _, t, _ in profile[:10]] == list(range(10))
+    profiles = Client(http=client).export_vectors_csv(exp_id, prefix="temporal/")
+    assert profiles.splitlines()[1:] == [",".join(p) for p in profile]
+
     code, _, err = cli(client, capsys, "export", "missing", "--tensorboard", str(logs))
     assert code == 1 and "404" in err
     with pytest.raises(SystemExit):  # one of --tensorboard and --csv is required

@@ -130,3 +130,21 @@ def test_no_fused_route_where_something_sits_between_or_inside_the_layers(kwargs
     assert net.fused_mode() is None
     out = net(torch.randn(5, 3, 2), per_layer=False)
     assert out.per_layer and len(out.layers) == 2
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_parameter_names_say_the_cell(cell: str, norm: str) -> None:
+    """A user reading per-parameter gradient norms sees `lstm.1.weight_hh_l0`, not `rnn.1...`;
+    `net.rnn` is the same stack whatever the cell."""
+    net = RecurrentNet(2, 1, cell=cell, hidden_size=4, num_layers=2, norm=norm)
+    names = [n for n, _ in net.named_parameters()]
+    stacked = [n for n in names if not n.startswith("head.")]
+    assert stacked and all(n.startswith(f"{cell}.") for n in stacked), names
+    assert f"{cell}.1.weight_hh_l0" in names and "head.weight" in names
+    assert net.get_submodule(cell) is net.rnn and len(net.rnn) == 2
+    assert list(net.recurrent_weights()) == [f"{cell}.0.weight_hh_l0", f"{cell}.1.weight_hh_l0"]
+    assert list(net.state_dict()) == names  # a state dict round-trips under the same names
+    twin = RecurrentNet(2, 1, cell=cell, hidden_size=4, num_layers=2, norm=norm)
+    twin.load_state_dict(net.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), net.parameters(), strict=True))

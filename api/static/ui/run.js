@@ -50,6 +50,8 @@ export async function runPage(main) {
   const heatmap = new Heatmap(el.heat);
 
   const live = { loss: { steps: [], values: [] }, grad: { steps: [], values: [] } };
+  let validation = null; // the latest validation point the stream brought
+  let soFar = null; // the stream's verdict so far (provisional) while the run goes
   let metrics = null;
   let grads = null;
   let layer = 0;
@@ -73,6 +75,9 @@ export async function runPage(main) {
           ` step ${num(exp.progress.step)} of ${num(exp.progress.total_steps)}`,
           eta !== null ? ` · about ${duration(eta)} left` : "",
           ` · attempt ${exp.attempt}`,
+          validation && !TERMINAL.has(exp.status)
+            ? ` · validation loss ${num(validation.loss, 4)}${validation.accuracy !== null ? `, accuracy ${num(validation.accuracy, 3)}` : ""} (step ${num(validation.step)})`
+            : "",
           s.steps_per_second ? ` · ${num(s.steps_per_second, 3)} steps/s` : ""),
         exp.sweep_id ? h("span", {}, " · ", h("a", { href: `/ui/sweeps/${exp.sweep_id}` }, "its sweep")) : null),
       h("p", { class: "muted" }, h("code", {}, exp.id), " · ",
@@ -121,6 +126,13 @@ export async function runPage(main) {
 
   function drawDiagnosis() {
     const d = exp.diagnosis;
+    if (!d && soFar && !TERMINAL.has(exp.status)) {
+      clear(el.diagnosis, h("h2", {}, "Diagnosis"),
+        h("p", { id: "verdict-so-far" }, "so far (provisional, from what is stored up to step ", num(soFar.step), "): ",
+          verdictBadge(soFar.verdict), " ", soFar.reason || ""),
+        h("p", { class: "muted" }, "the final diagnosis, with the outcome, when the run ends"));
+      return;
+    }
     if (!d) {
       clear(el.diagnosis, h("h2", {}, "Diagnosis"), h("p", { class: "muted" }, TERMINAL.has(exp.status) ? "none" : "when the run ends"));
       return;
@@ -204,6 +216,7 @@ export async function runPage(main) {
     const links = [
       ["report page (one HTML file)", `${base}/report`],
       ["CSV: every scalar series", `${base}/export.csv`],
+      ["CSV: the temporal profiles and other vector series (step, name, index, value)", `${base}/export/vectors.csv`],
       ["TensorBoard run (.tar.gz)", `${base}/export/tensorboard`],
       ["temporal heatmap (PNG)", `${base}/plots/temporal.png`],
       ["loss (SVG)", `${base}/plots/loss.svg`],
@@ -259,7 +272,7 @@ export async function runPage(main) {
     main.dataset.live = "1";
     stream.addEventListener("status", (e) => {
       const m = JSON.parse(e.data);
-      if (m.attempt !== exp.attempt) { live.loss = { steps: [], values: [] }; live.grad = { steps: [], values: [] }; }
+      if (m.attempt !== exp.attempt) { live.loss = { steps: [], values: [] }; live.grad = { steps: [], values: [] }; validation = soFar = null; }
       exp = { ...exp, status: m.status, attempt: m.attempt };
       drawHead();
     });
@@ -281,6 +294,15 @@ export async function runPage(main) {
       drawLoss();
       drawGrads();
       soon();
+    });
+    stream.addEventListener("validation", (e) => {
+      validation = JSON.parse(e.data);
+      drawHead();
+    });
+    stream.addEventListener("verdict", (e) => {
+      soFar = JSON.parse(e.data);
+      main.dataset.verdictSoFar = soFar.verdict;
+      drawDiagnosis();
     });
     stream.addEventListener("end", async (e) => {
       stream.close();

@@ -16,13 +16,15 @@ from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow as tb_records
 
 from api.render.tfevents import (
-    ScalarWriter,
+    Buckets,
+    EventWriter,
     crc32c,
     event,
     masked_crc32c,
     record,
     scalar_summary,
     varint,
+    vector_summary,
 )
 
 
@@ -100,7 +102,7 @@ def test_events_parse_with_the_real_protobuf() -> None:
 
 def test_writer_is_the_same_bytes_as_the_plain_encoders(tmp_path: Path) -> None:
     out = io.BytesIO()
-    w = ScalarWriter(out, 100.0)
+    w = EventWriter(out, 100.0)
     tag = "é/" + "x" * 200  # a tag over 127 bytes: its lengths take two varint bytes
     w.series(tag, [0, 5, 300], [1.5, -2.0, math.inf], [100.5, 101.0, 103.0])
     expected = [record(event(100.0, file_version=b"brain.Event:2"))] + [
@@ -113,6 +115,50 @@ def test_writer_is_the_same_bytes_as_the_plain_encoders(tmp_path: Path) -> None:
     events = [Event.FromString(r) for r in read_records(path)]
     assert [(e.step, e.wall_time) for e in events[1:]] == [(0, 100.5), (5, 101.0), (300, 103.0)]
     assert [e.summary.value[0].tag for e in events[1:]] == [tag] * 3
+
+
+@pytest.mark.parametrize("width", [2, 7, 200])
+def test_a_vector_is_the_histogram_tensorboards_own_code_writes(width: int) -> None:
+    """The same Value as TensorBoard's histogram summary of buckets [i, i + 1) with the values
+    as counts (its metadata, a float64 tensor of shape (width, 3)), the values exact."""
+    import numpy as np
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.histogram import metadata
+    from tensorboard.util import tensor_util
+
+    rng = random.Random(width)
+    values = [rng.uniform(-1, 1) * 10 ** rng.randint(-300, 300) for _ in range(width)]
+    values[-1] = math.inf
+    mine = Summary.FromString(vector_summary("temporal/0", Buckets(width).tensor(values)))
+    buckets = np.array([np.arange(width), np.arange(1, width + 1), values]).T
+    theirs = Summary()
+    theirs.value.add(
+        tag="temporal/0",
+        metadata=metadata.create_summary_metadata(display_name=None, description=None),
+        tensor=tensor_util.make_tensor_proto(buckets, dtype=np.float64),
+    )
+    assert mine == theirs
+    got = tensor_util.make_ndarray(mine.value[0].tensor)
+    assert got.shape == (width, 3) and got[:, 2].tolist() == values
+
+
+def test_the_writer_reuses_its_buckets_and_keeps_each_rows_values(tmp_path: Path) -> None:
+    from tensorboard.util import tensor_util
+
+    out = io.BytesIO()
+    w = EventWriter(out, 100.0)
+    rows = [(0, [1.0, 2.0, 3.0]), (10, [4.0, 5.0, 6.0]), (20, [7.0, 8.0])]
+    for step, values in rows:
+        w.vector("credit", step, values, 100.0 + step)
+    path = tmp_path / "events.out.tfevents.100.gradlab"
+    path.write_bytes(out.getvalue())
+    events = [Event.FromString(r) for r in read_records(path)][1:]
+    assert w.points == 3 and [e.step for e in events] == [0, 10, 20]
+    got = [tensor_util.make_ndarray(e.summary.value[0].tensor)[:, 2].tolist() for e in events]
+    assert got == [values for _, values in rows]
+    assert [e.summary.value[0].metadata.plugin_data.plugin_name for e in events] == [
+        "histograms"
+    ] * 3
 
 
 def test_the_export_needs_neither_tensorboard_nor_protobuf() -> None:
