@@ -62,16 +62,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
+        import os
+
+        db = f"sqlite:///{tmp}/gradlab.sqlite"
+        env = {"DATABASE_URL": db, "BROKER_URL": f"sqla+sqlite:///{tmp}/broker.sqlite"}
+        os.environ.update(env)  # before anything reads the settings
+        from core.db import get_sessionmaker
         from core.keys import create_key
         from core.migrate import upgrade
 
-        db = f"sqlite:///{tmp}/gradlab.sqlite"
         upgrade(db)
-        env = {"DATABASE_URL": db, "BROKER_URL": f"sqla+sqlite:///{tmp}/broker.sqlite"}
-        import os
-
-        os.environ.update(env)
-        from core.db import get_sessionmaker
 
         with get_sessionmaker()() as s:
             key = create_key(s, "bench", "bench")[1]

@@ -55,6 +55,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gradlab.client import default_key, default_url
 from gradlab.instruments.adjoint import LayerWeights, hidden_adjoint, input_gradient
+from gradlab.instruments.closed_layer import lstm_sequence
 from gradlab.instruments.nonfinite import locate
 from gradlab.instruments.norms import update_ratios
 from gradlab.instruments.saturation import layer_saturation
@@ -105,12 +106,12 @@ class _Module:
 
 
 def _recompute_layer(layer: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor | None) -> Tensor:
-    """One layer's outputs (T, B, H) from its input (T, B, I), by torch's fused kernel."""
+    """One layer's outputs (T, B, H) from its input (T, B, I), by torch's fused kernel (an
+    lstm's by the closed-form layer's forward, which keeps the gates)."""
     params = [layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0]
     args = (params, True, 1, 0.0, False, False, False)
-    if layer.kind == "lstm":
-        assert c0 is not None
-        return torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), *args)[0]
+    if layer.kind == "lstm":  # with its gates, which the adjoint and saturation read next
+        return lstm_sequence(layer, x, h0, c0)
     if layer.kind == "gru":
         return torch._VF.gru(x, h0.unsqueeze(0), *args)[0]
     fn = torch._VF.rnn_tanh if layer.kind == "rnn:tanh" else torch._VF.rnn_relu

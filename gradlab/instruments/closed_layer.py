@@ -25,12 +25,20 @@ from gradlab.instruments.adjoint import Gates, layer_kind
 
 
 @torch.no_grad()
-def _lstm_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor) -> tuple[Tensor, Gates]:
+def _lstm_forward(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b: Tensor,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
+) -> tuple[Tensor, Gates]:
     t_len, batch, _ = x.shape
     n = w_hh.shape[1]
     v = torch.addmm(b, x.flatten(0, 1), w_ih.t()).view(t_len, batch, 4, n)  # (T, B, 4, H)
     hs, cs = x.new_empty(t_len, batch, n), x.new_empty(t_len, batch, n)
-    h, c = x.new_zeros(batch, n), x.new_zeros(batch, n)
+    h = x.new_zeros(batch, n) if h0 is None else h0.to(x.dtype)
+    c = x.new_zeros(batch, n) if c0 is None else c0.to(x.dtype)
     w = w_hh.t()
     for t in range(t_len):
         vt = v[t]  # (B, 4, H), the pre-activations made post-activations in place
@@ -105,4 +113,14 @@ def closed_forward(layer: nn.Module, x: Tensor) -> Tensor | None:
     box: dict[str, Any] = {}
     h = _Closed.apply(kind, box, x, *w)
     adjoint.publish(h, box)
+    return h
+
+
+def lstm_sequence(layer: nn.Module, x: Tensor, h0: Tensor | None, c0: Tensor | None) -> Tensor:
+    """An lstm layer's outputs (T, B, H) from its input and initial state, without autograd,
+    its gates left for `adjoint.gates`: a recompute (gradlab.watch, the layers below the top
+    of a stacked module) that then needs no second pass for the gates."""
+    w = (layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0 + layer.bias_hh_l0)
+    h, g = _lstm_forward(x, *w, h0, c0)
+    adjoint.publish(h, {"gates": g})
     return h
