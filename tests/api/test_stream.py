@@ -1,6 +1,8 @@
 """GET /v1/experiments/{id}/stream (Server-Sent Events) while a real run goes, and after."""
 
 import json
+import threading
+from typing import Any
 
 import pytest
 
@@ -140,12 +142,16 @@ def live(fast, monkeypatch, one_torch_thread):
 
     from api.routes import stream
 
-    calls: dict[str, list] = {"verdict": [], "poll": []}
+    calls: dict[str, Any] = {"verdict": [], "poll": []}
     verdict, poll = stream._verdict, stream._poll
+    seen = calls["seen"] = threading.Event()  # a verdict was read
 
     def counted_verdict(row):
         calls["verdict"].append(time.monotonic())
-        return verdict(row)
+        got = verdict(row)
+        if got is not None:
+            seen.set()
+        return got
 
     def counted_poll(*args):
         calls["poll"].append(time.monotonic())
@@ -156,6 +162,22 @@ def live(fast, monkeypatch, one_torch_thread):
     monkeypatch.setattr(stream, "_poll", counted_poll)
     monkeypatch.setattr(fast, "flush_every_steps", 20)
     return calls
+
+
+@pytest.fixture
+def verdict_while_running(live, monkeypatch):
+    """The run waits (at most 10 s) after each flush for the stream's first verdict: on a busy
+    machine a 120-step run could otherwise end before the stream polls it running."""
+    from worker.trace_writer import Writer
+
+    put = Writer.put
+
+    def waiting_put(self, batch, step):
+        put(self, batch, step)
+        live["seen"].wait(10)
+
+    monkeypatch.setattr(Writer, "put", waiting_put)
+    return live
 
 
 def check_continuous(events: list[tuple], exp_id: str, client) -> None:
@@ -186,7 +208,9 @@ def check_continuous(events: list[tuple], exp_id: str, client) -> None:
     assert end["diagnosis"]["verdict"] and "provisional" not in end["diagnosis"]
 
 
-def test_a_live_stream_has_ids_validation_and_the_verdict_so_far(client, sessions, live) -> None:
+def test_a_live_stream_has_ids_validation_and_the_verdict_so_far(
+    client, sessions, verdict_while_running
+) -> None:
     exp_id = add_experiment(sessions, LIVE)
     with worker_thread(sessions):
         events = read_stream(client, exp_id)
@@ -199,7 +223,7 @@ def test_a_live_stream_has_ids_validation_and_the_verdict_so_far(client, session
     assert verdicts[-1]["layers"][0]["lag"] == LIVE["task"]["seq_len"] - 1
     # the budget: read on connect, then only after new instrumented steps, at most every
     # VERDICT_EVERY_S
-    read = live["verdict"]
+    read = verdict_while_running["verdict"]
     instrumented = [d for k, _, d in events if k == "batch" and "grad_norm_total" in d]
     assert 1 <= len(read) <= 1 + len(instrumented)
     assert all(b - a >= 0.25 for a, b in zip(read, read[1:], strict=False)), read
