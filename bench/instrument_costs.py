@@ -77,7 +77,7 @@ def main() -> None:
         f"on: {', '.join(spec.instrument.on)}; CPU {1e3 * total / a.steps:.1f} ms/step in all"
     )
     for (name, hook), seconds in sorted(cost.items(), key=lambda kv: -kv[1]):
-        if seconds > 1e-4:
+        if seconds / a.steps > 5e-5:
             print(f"{name:>14} {hook:>16} {1e3 * seconds / a.steps:8.1f} ms/step")
 
 
