@@ -1,5 +1,7 @@
 """The FastAPI app: `uvicorn api.main:app`."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,6 +27,8 @@ from api.routes import (
     ui,
 )
 from core import logs
+from core.fast_read import FastReader
+from core.settings import get_settings
 from core.spec import ExperimentCreate, SweepCreate
 
 
@@ -67,8 +71,21 @@ def add_spec_and_security(app: FastAPI) -> None:
     app.openapi = openapi
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The experiment poll's async reader lives on the server's event loop (PostgreSQL)."""
+    settings = get_settings()
+    app.state.fast_reader = FastReader.for_url(settings.database_url, settings.db_async_pool_size)
+    try:
+        yield
+    finally:
+        if app.state.fast_reader is not None:
+            await app.state.fast_reader.close()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="gradlab",
         version="0.1.0",
         description="Train recurrent networks and measure whether their gradients vanish, "

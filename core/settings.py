@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # Database connections per process: at least the threadpool's 40 threads, so a thread
     # never waits on the pool behind streams and renders.
     db_pool_size: int = Field(10, ge=1)
+    # the experiment poll's own async connections, per API process (core/fast_read.py)
+    db_async_pool_size: int = Field(8, ge=1)
     db_max_overflow: int = Field(30, ge=0)
 
     # Per API key: requests per second (token bucket, per API process), and how many of its

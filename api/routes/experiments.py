@@ -1,10 +1,11 @@
 """/v1/experiments: submit, list, read, events, cancel, webhooks. The traces are in traces.py."""
 
+import asyncio
 import hashlib
 import logging
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -29,6 +30,7 @@ from core.budgets import Limits, check_budgets
 from core.datasets import check_task
 from core.db import get_engine, get_read_engine, get_sessionmaker
 from core.errors import Problem, invalid_field
+from core.fast_read import UNAVAILABLE
 from core.lifecycle import (
     EXPERIMENTS,
     cancel_queued,
@@ -280,13 +282,25 @@ def _experiment_row(experiment_id: str) -> Row | None:
         return conn.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id)).first()
 
 
+async def _fast_row(request: Request, experiment_id: str) -> Any:
+    """The row by the event loop's own async reader where the app has one (PostgreSQL, under
+    a server that ran the lifespan on this loop), else UNAVAILABLE."""
+    reader = getattr(request.app.state, "fast_reader", None)
+    if reader is None or len(experiment_id) > 36 or reader.loop is not asyncio.get_running_loop():
+        return UNAVAILABLE
+    return await reader.experiment(experiment_id)
+
+
 @router.get("/{experiment_id}", response_model=ExperimentRead)
 async def read_experiment(experiment_id: str, request: Request) -> FastJSON:
     """The hottest route (clients poll it), kept lean: auth without the dependency machinery,
-    one Core query in the threadpool (never on the event loop: a slow read there would stall
-    every other request)."""
+    one query: on PostgreSQL by the loop's async reader (core/fast_read.py), else (SQLite, or
+    that reader unable to answer) in the threadpool, never blocking the event loop: a slow
+    read there would stall every other request."""
     owner = await current_owner(request)
-    row = await run_in_threadpool(_experiment_row, experiment_id)
+    row = await _fast_row(request, experiment_id)
+    if row is UNAVAILABLE:
+        row = await run_in_threadpool(_experiment_row, experiment_id)
     if row is None or row.owner != owner:
         raise Problem(404, "Not found", f"no experiment {experiment_id!r}", "not-found")
     return FastJSON(experiment_view(row))
