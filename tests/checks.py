@@ -1,7 +1,12 @@
 """Assertions and readers shared by the tests."""
 
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def assert_problem(resp, status: int, field: str | None = None) -> dict:
@@ -31,3 +36,21 @@ def gaps_s(log: list[dict]) -> list[float]:
     """Seconds between consecutive webhook attempts of a delivery's log."""
     at = [datetime.fromisoformat(a["at"]) for a in log]
     return [(b - a).total_seconds() for a, b in zip(at, at[1:], strict=False)]
+
+
+def at_once(fn: Callable[[], T], n: int, timeout_s: float = 120) -> list[T]:
+    """fn() called by n threads released together (a barrier); their results, in the order
+    they finished."""
+    barrier = threading.Barrier(n)
+    results: list[T] = []
+
+    def one() -> None:
+        barrier.wait()
+        results.append(fn())
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    return results

@@ -6,12 +6,11 @@ import asyncio
 import base64
 import json
 import secrets
-import threading
 
 import pytest
 
 from api.guard import RequestGuard
-from tests.checks import assert_problem
+from tests.checks import assert_problem, at_once
 from tests.factories import SMALL, SMALL_SUBMIT, add_experiment
 
 
@@ -173,32 +172,10 @@ def test_concurrent_sweeps_never_pass_the_active_cap(client, settings, monkeypat
     monkeypatch.setattr(settings, "max_active_per_owner", 50)
     monkeypatch.setattr(settings, "rate_limit_burst", 1000)
     sweep = {"base": SMALL_SUBMIT, "grid": {"train.steps": list(range(1, 21))}}
-    codes: list[int] = []
-    barrier = threading.Barrier(5)
-
-    def post() -> None:
-        barrier.wait()
-        codes.append(client.post("/v1/sweeps", json=sweep).status_code)
-
-    threads = [threading.Thread(target=post) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    codes = at_once(lambda: client.post("/v1/sweeps", json=sweep).status_code, 5)
     assert sorted(codes) == [202, 202, 429, 429, 429]
     assert stored(client)[0] == 40
-    singles: list[int] = []
-    barrier = threading.Barrier(20)
-
-    def single() -> None:
-        barrier.wait()
-        singles.append(client.post("/v1/experiments", json=SMALL_SUBMIT).status_code)
-
-    threads = [threading.Thread(target=single) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    singles = at_once(lambda: client.post("/v1/experiments", json=SMALL_SUBMIT).status_code, 20)
     assert singles.count(202) == 10 and singles.count(429) == 10
     assert stored(client)[0] == 50
     assert json.loads(client.get("/v1/experiments?limit=1").text)["items"]

@@ -13,6 +13,7 @@ from core.db import get_engine
 from core.lifecycle import SLOTS, insert_queued, lock_owner, queued_values
 from core.spec import ExperimentCreate
 from core.tables import Experiment
+from tests.checks import at_once
 
 SPEC = ExperimentCreate.model_validate({}).model_dump(mode="json")
 
@@ -41,18 +42,7 @@ def test_concurrent_submissions_fill_the_cap_exactly(settings, cap: int) -> None
     """More submissions at once than the cap and than the slots: exactly `cap` are stored,
     through the fast path first and the counted one near the cap."""
     n = cap + 2 * SLOTS + 3
-    barrier = threading.Barrier(n)
-    answers: list[bool] = []
-
-    def one() -> None:
-        barrier.wait()
-        answers.append(submit("cap", cap))
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    answers = at_once(lambda: submit("cap", cap), n, 60)
     assert answers.count(True) == cap and len(answers) == n
     assert stored("cap") == cap
 
