@@ -76,6 +76,7 @@ class Gates:
     names: tuple[str, ...]
     values: Tensor  # (T, B, G, H) in the weight's gate order
     cell: Tensor | None = None  # lstm only: c_t, (T, B, H)
+    cell_tanh: Tensor | None = None  # lstm, where the forward kept it: tanh c_t, (T, B, H)
     hh_n: Tensor | None = None  # gru only: W_hn h_{t-1} + b_hn, (T, B, H)
 
 
@@ -243,11 +244,13 @@ def _rnn(w_hh: Tensor, dfdz: Tensor, direct: Tensor) -> Tensor:
     return a
 
 
-def _lstm_coef(v: Tensor, c: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+def _lstm_coef(
+    v: Tensor, c: Tensor, c_prev: Tensor, tc: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """For a block of steps: d(pre-activations)/d(a^c for i, f, g; a^h for o) (L, B, 4, H),
-    and dh_t/dc_t (L, B, H)."""
+    and dh_t/dc_t (L, B, H). tc: tanh c_t when the forward kept it."""
     i, _, g, o = v.unbind(2)
-    tc = torch.tanh(c)
+    tc = torch.tanh(c) if tc is None else tc
     coef = torch.addcmul(v, v, v, value=-1)  # sigma' for every gate; g's slot rewritten below
     torch.addcmul(torch.ones_like(g), g, g, value=-1, out=coef[:, :, 2])
     coef[:, :, 0].mul_(g)
@@ -275,23 +278,27 @@ def _lstm(
     a = direct.clone()
     # dL/dc_{t+1} * f_{t+1}: the path along the cell; at T-1 what c_n received
     carry = torch.zeros_like(direct[0]) if cell_direct is None else cell_direct.clone()
-    dz = direct.new_empty(b, 4, n)
+    cell = torch.empty_like(direct) if cell_out is None else cell_out
+    # Without dz_out one (B, 4, H) buffer serves every step.
+    dz = direct.new_empty(1, b, 4, n).expand(t_len, -1, -1, -1) if dz_out is None else dz_out
+    # Views made once: at (64, 128) a slice costs as much as the op on it.
+    a_t, f_t = a.unbind(0), v[:, :, 1].unbind(0)
+    ac_t, ac3_t = cell.unbind(0), cell.unsqueeze(2).unbind(0)
+    dz_t, dz3_t, dzo_t = dz.flatten(2).unbind(0), dz[:, :, :3].unbind(0), dz[:, :, 3].unbind(0)
     for e in range(t_len, 0, -CHUNK):
         s = max(e - CHUNK, 0)
         c_prev = c[s - 1 : e - 1] if s > 0 else shifted(c[:e], c0)
-        coef, keep = _lstm_coef(v[s:e], c[s:e], c_prev)
+        tc = None if g.cell_tanh is None else g.cell_tanh[s:e]
+        coef, keep = _lstm_coef(v[s:e], c[s:e], c_prev, tc)
+        coef3, coefo, keep = coef[:, :, :3].unbind(0), coef[:, :, 3].unbind(0), keep.unbind(0)
         for t in range(e - 1, s - 1, -1):
             k = t - s
-            ac = torch.addcmul(carry, a[t], keep[k])  # total dL/dc_t, (B, H)
-            if cell_out is not None:
-                cell_out[t] = ac
-            torch.mul(coef[k, :, :3], ac.unsqueeze(1), out=dz[:, :3])
-            torch.mul(coef[k, :, 3], a[t], out=dz[:, 3])
-            if dz_out is not None:
-                dz_out[t] = dz
+            ac = torch.addcmul(carry, a_t[t], keep[k], out=ac_t[t])  # total dL/dc_t, (B, H)
+            torch.mul(coef3[k], ac3_t[t], out=dz3_t[t])
+            torch.mul(coefo[k], a_t[t], out=dzo_t[t])
             if t > 0:
-                a[t - 1].addmm_(dz.view(b, 4 * n), w_hh)
-            carry = ac * v[t, :, 1]
+                a_t[t - 1].addmm_(dz_t[t], w_hh)
+            carry = torch.mul(ac, f_t[t], out=carry)
     return a
 
 
