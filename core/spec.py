@@ -289,7 +289,8 @@ class InstrumentSpec(Strict):
         10,
         ge=1,
         le=10_000,
-        description="the costly ones (lyapunov, reach) run every n-th instrumented step",
+        description="the costly ones (lyapunov, reach, the spectral radius) run every n-th"
+        " instrumented step",
     )
     on: list[OptionalInstrument] = Field(
         default_factory=lambda: list(OPTIONAL_INSTRUMENTS),
@@ -533,8 +534,8 @@ def estimated_trace_bytes(spec: ExperimentCreate, dataset: TaskShape | None = No
     per_instrumented = 3 + parameters  # lr, grad_norm_total, clip/after, grad/<param>
     if "update_ratio" in on:
         per_instrumented += 2 * parameters
-    if "spectrum" in on:
-        per_instrumented += 2 * layers * gates
+    if "spectrum" in on:  # sigma_max here; the radius with the dynamics below
+        per_instrumented += layers * gates
     if "saturation" in on:
         per_instrumented += layers * (gates + 1)
     if "gates" in on:
@@ -546,9 +547,11 @@ def estimated_trace_bytes(spec: ExperimentCreate, dataset: TaskShape | None = No
         per_instrumented += 1
         vectors += seq
     total = instrumented_steps(spec) * (16 * per_instrumented + 8 * vectors)
+    dynamics = -(-instrumented_steps(spec) // spec.instrument.dynamics_every)
+    if "spectrum" in on:  # the radius per layer and block, and at the last step
+        total += 16 * (dynamics + 1) * layers * gates
     if "lyapunov" in on:  # per layer: k exponents and two conditioning vectors over the lags
         lags = min(seq, MAX_LAG).bit_length()
-        dynamics = -(-instrumented_steps(spec) // spec.instrument.dynamics_every)
         total += dynamics * layers * (16 * 3 + 8 * (64 + 2 * lags))
     validations = t.steps // spec.instrument.val_every + 1
     return 16 * (t.steps * per_step + validations * 2) + total

@@ -247,11 +247,14 @@ def train(
     last_flush_t, last_flush_step = time.perf_counter(), 0
     t0 = time.perf_counter()
     step = -1
+    instrumented_so_far, dynamics_every = 0, spec.instrument.dynamics_every
     for step in range(n_steps):
         if should_stop is not None and should_stop():
             status = "cancelled"
             break
         run.instrumented = step % every == 0 or step == n_steps - 1
+        run.dynamics = run.instrumented and instrumented_so_far % dynamics_every == 0
+        instrumented_so_far += run.instrumented
         lr = spec.train.optimizer.lr * lr_factor(spec.train.schedule, step, n_steps)
         set_lr(optimizer, lr)
         if run.instrumented:

@@ -127,8 +127,9 @@ def read_instruments(
     `every`, `max_points`, `from_step`, `to_step`; a group is `{}` when its instrument was off.
 
     - `spectrum[layer][block]` with blocks `hh` (rnn), `i`,`f`,`g`,`o` (lstm), `r`,`z`,`n`
-      (gru): `sigma_max` (largest singular value of that block of W_hh) and `radius` (its
-      spectral radius), at instrumented steps.
+      (gru): `sigma_max` (largest singular value of that block of W_hh) at instrumented
+      steps, and `radius` (its spectral radius, a dense eigensolve) at every
+      `instrument.dynamics_every`-th instrumented step and the last.
     - `saturation[layer]`: fractions over (time step, example, unit) at instrumented steps:
       `tanh` (|h| > 0.99), `sigmoid` (h < 0.01 or > 0.99), `dead_relu` (units zero for every
       example at every time step), or per gate for lstm (`i`,`f`,`g`,`o`) and gru (`r`,`z`,`n`).

@@ -62,8 +62,11 @@ def test_instruments_route(client, finished: str) -> None:
         assert set(blocks) == {"i", "f", "g", "o"}
         for q in blocks.values():
             assert q["sigma_max"]["steps"] == STEPS
-            for s, r in zip(q["sigma_max"]["values"], q["radius"]["values"], strict=True):
-                assert 0 < r <= s * (1 + 1e-6)  # |eigenvalue| <= largest singular value
+            sigma = dict(zip(q["sigma_max"]["steps"], q["sigma_max"]["values"], strict=True))
+            radius = dict(zip(q["radius"]["steps"], q["radius"]["values"], strict=True))
+            assert {STEPS[0], STEPS[-1]} <= set(radius) <= set(sigma)  # dynamics steps, last
+            for step, r in radius.items():
+                assert 0 < r <= sigma[step] * (1 + 1e-6)  # |eigenvalue| <= sigma_max
     assert set(body["saturation"]["1"]) == {"i", "f", "g", "o"}
     assert all(0 <= v <= 1 for v in body["saturation"]["0"]["f"]["values"])
     # an lstm's parameters are named after the cell, in every per-parameter series

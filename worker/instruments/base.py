@@ -88,11 +88,15 @@ class Run:
     dtype: torch.dtype
     recorder: Recorder = field(default_factory=Recorder)
     instrumented: bool = False
+    # Every `instrument.dynamics_every`-th instrumented step, the first included: when the
+    # costly quantities (Lyapunov exponents, reach, the spectral radius) are measured.
+    dynamics: bool = False
 
 
 class Instrument:
     """Override the hooks you need. `run.instrumented` says whether this step is one of the
-    `instrument.every` steps; per-step instruments ignore it."""
+    `instrument.every` steps (`run.dynamics`: one of the costly quantities' steps among them);
+    per-step instruments ignore both."""
 
     name: str = "instrument"
     # Reads the total adjoints dL/dh_t: instrumented steps then run the layers whose backward

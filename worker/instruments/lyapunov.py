@@ -91,13 +91,9 @@ class Lyapunov(Instrument):
 
     def start(self, run: Run) -> None:
         self.window: deque[dict[str, Any]] = deque(maxlen=WINDOW_STEPS)
-        self.seen = 0
 
     def after_backward(self, run: Run, ctx: StepContext) -> None:
-        if not run.instrumented:
-            return
-        self.seen += 1
-        if (self.seen - 1) % run.spec.instrument.dynamics_every:
+        if not run.dynamics:
             return
         out, layers = ctx.output, []
         for i, (layer, x, h) in enumerate(zip(run.model.rnn, out.inputs, out.layers, strict=True)):

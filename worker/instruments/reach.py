@@ -47,7 +47,6 @@ class Reach(Instrument):
 
     def start(self, run: Run) -> None:
         self.window: deque[dict[str, Any]] = deque(maxlen=WINDOW_STEPS)
-        self.seen = 0
         self.on = bool(run.task.recall_steps()) and run.spec.model.norm == "none"
         t_len = run.task.seq_len
         self.terms = term_steps(t_len, run.task.recall_steps())
@@ -55,10 +54,7 @@ class Reach(Instrument):
 
     @torch.no_grad()
     def after_backward(self, run: Run, ctx: StepContext) -> None:
-        if not (self.on and run.instrumented):
-            return
-        self.seen += 1  # counted as Lyapunov counts, so both run on the same steps
-        if (self.seen - 1) % run.spec.instrument.dynamics_every or not ctx.finite:
+        if not (self.on and run.dynamics and ctx.finite):
             return
         recall = run.task.recall_steps()
         keys = run.task.key_inputs(ctx.x)

@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from gradlab.instruments.spectrum import block_spectrum
 from models import RecurrentNet, init_recurrent_net
 from tests.factories import make_spec
-from worker.instruments.spectrum import Spectrum, block_spectrum
+from worker.instruments.base import Instrument
+from worker.instruments.spectrum import Spectrum
 from worker.train import train
 
 
@@ -48,6 +50,28 @@ def test_recorded_per_layer_and_block_during_training() -> None:
             assert steps == [0, 1]
             assert v[0, 0] == pytest.approx(0.8, rel=1e-5)  # step 0 sees the initial matrix
     assert res.summary["spectrum"]["1"]["z"]["radius"] == pytest.approx(0.8, rel=1e-4)
+
+
+def test_sigma_at_every_instrumented_step_radius_on_the_dynamics_steps_and_the_last() -> None:
+    spec = make_spec(
+        model={"cell": "rnn", "activation": "tanh"},
+        train={"steps": 23},
+        instrument={"every": 2, "dynamics_every": 3, "on": ["spectrum"]},
+    )
+    weights = {}
+
+    class Probe(Instrument):  # W_hh as the spectrum saw it, after the backward of each step
+        def after_backward(self, run, ctx) -> None:
+            weights[ctx.step] = run.model.rnn[0].weight_hh_l0.detach().clone()
+
+    res = train(spec, [Spectrum(), Probe()])
+    sigma_steps, _ = res.batch.series["spectrum/0/hh/sigma_max"]
+    radius_steps, radius = res.batch.series["spectrum/0/hh/radius"]
+    assert sigma_steps == list(range(0, 23, 2))
+    assert radius_steps == [0, 6, 12, 18, 22]  # the 1st, 4th, 7th, 10th instrumented and last
+    final = float(torch.linalg.eigvals(weights[22].double()).abs().max())
+    assert float(radius[-1, 0]) == pytest.approx(final, rel=1e-5)
+    assert res.summary["spectrum"]["0"]["hh"]["radius"] == pytest.approx(final, rel=1e-5)
 
 
 def test_instrument_toggles_in_the_spec() -> None:
