@@ -26,8 +26,12 @@ class StepJacobians:
     where the structure gives it (rnn: diag(f') W; lstm: by the Schur complement of the
     diagonal c -> c block, prod(f) det(diag(sigma'(o) tanh c) W_o)), else None."""
 
-    def __init__(self, build: Jacobians, log_det: Tensor | None = None) -> None:
+    def __init__(
+        self, build: Jacobians, log_det: Tensor | None = None, diagonal_cell: bool = False
+    ) -> None:
         self.build, self.log_det = build, log_det
+        # lstm: the columns for c_{t-1} hold two diagonal blocks (c_t = f c_{t-1} + ...)
+        self.diagonal_cell = diagonal_cell
 
     def __call__(self, s: int, e: int) -> Tensor:
         return self.build(s, e)
@@ -76,7 +80,7 @@ def step_jacobians(
         # det J = det(diag f) det(A - diag(keep f) diag(f)^-1 C), and A - diag(keep) C is
         # diag(sigma'(o) tanh c) W_o: the cell path's coupling cancels.
         log_det = (f.double().log() + coef[:, 3].double().abs().log()).sum(1)
-        return StepJacobians(lstm, log_det + _log_abs_det(blocks[3]))
+        return StepJacobians(lstm, log_det + _log_abs_det(blocks[3]), diagonal_cell=True)
     r, z, nn_ = g.values[:, 0].unbind(1)  # (T, H) each
     hh_n, h_prev = g.hh_n[:, 0], shifted(h1)[:, 0]
     dn = (1 - z) * (1 - nn_ * nn_)

@@ -69,7 +69,7 @@ def conditioning(jac: Jacobians, t_len: int, lags: list[int]) -> tuple[Tensor, T
     log_scale = torch.zeros((), dtype=torch.float64, device=last.device)
     sig_max, sig_min = [], []
     for tau in range(1, max(lags) + 1):
-        prod = prod @ last[-tau]
+        prod = _times(prod, last[-tau], getattr(jac, "diagonal_cell", False))
         scale = prod.norm()
         prod, log_scale = prod / scale, log_scale + scale.double().log()
         if tau in lags:
@@ -77,6 +77,19 @@ def conditioning(jac: Jacobians, t_len: int, lags: list[int]) -> tuple[Tensor, T
             sig_max.append(s[0])
             sig_min.append(s[-1])
     return torch.stack(sig_max), torch.stack(sig_min)
+
+
+def _times(prod: Tensor, j: Tensor, diagonal_cell: bool) -> Tensor:
+    """prod @ j; for an lstm's (h, c) Jacobian, whose c columns are diag(keep f) over
+    diag(f), half the GEMM: the c columns are two scaled copies."""
+    if not diagonal_cell:
+        return prod @ j
+    n = j.shape[0] // 2
+    out = torch.empty_like(prod)
+    torch.mm(prod, j[:, :n], out=out[:, :n])
+    torch.mul(prod[:, :n], j[:n, n:].diagonal(), out=out[:, n:])
+    out[:, n:].addcmul_(prod[:, n:], j[n:, n:].diagonal())
+    return out
 
 
 def default_lags(t_len: int) -> list[int]:

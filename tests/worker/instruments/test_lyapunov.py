@@ -51,6 +51,27 @@ def test_step_jacobians_equal_autograd(cell: str) -> None:
     np.testing.assert_allclose(state[:6], h[-1, 0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_conditioning_equals_svd_of_the_plain_jacobian_products(cell: str) -> None:
+    """The lstm's product takes a shortcut through its diagonal cell columns: it must give the
+    singular values of the plain matrix products."""
+    torch.manual_seed(1)
+    net = RecurrentNet(3, 1, cell=cell, hidden_size=6).double()
+    x = torch.randn(20, 2, 3, dtype=torch.float64)
+    jac = step_jacobians(net.rnn[0], x, net(x).layers[0].detach())
+    assert getattr(jac, "diagonal_cell", False) == (cell == "lstm")
+    lags = default_lags(20)
+    smax, smin = conditioning(jac, 20, lags)
+    full = jac(0, 20)
+    for k, tau in enumerate(lags):
+        eye = torch.eye(full.shape[1], dtype=full.dtype)
+        prod = torch.linalg.multi_dot([*full[20 - tau :].flip(0), eye])
+        s = torch.linalg.svdvals(prod)
+        torch.testing.assert_close(smax[k], s[0], rtol=1e-10, atol=0)
+        # sigma_min is resolved relative to sigma_max (float64: ~1e-15 of it), not to itself
+        torch.testing.assert_close(smin[k], s[-1], rtol=1e-8, atol=1e-13 * float(s[0]))
+
+
 def linear_net(gamma: float, n: int = 16) -> RecurrentNet:
     net = RecurrentNet(2, 1, cell="rnn", activation="linear", hidden_size=n).double()
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
