@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     select,
     text,
     update,
@@ -30,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core.errors import Problem
+from core.pipeline import Step, in_one_round_trip
 from core.spec import ExperimentCreate, estimated_memory
 from core.status import ACTIVE, TERMINAL
 from core.tables import Event, Experiment, WebhookDelivery, new_id, utcnow
@@ -55,9 +57,12 @@ def json_safe(value: Any) -> Any:
 
 
 def active_rows(owner: Any) -> Select:
-    """The owner's queued or running experiments, in the (owner, status) index."""
+    """The owner's queued or running experiments, in the (owner, status) index. The statuses
+    are bound one by one, not as an expanding IN, whose SQL waits for its values: the insert
+    under the cap is compiled once for a pipeline (core.pipeline)."""
     return select(EXPERIMENTS.c.id).where(
-        EXPERIMENTS.c.owner == owner, EXPERIMENTS.c.status.in_(sorted(ACTIVE))
+        EXPERIMENTS.c.owner == owner,
+        EXPERIMENTS.c.status.in_([literal(s) for s in sorted(ACTIVE)]),
     )
 
 
@@ -142,13 +147,17 @@ _TAKE_EVERY_SLOT = text(
     "SELECT count(pg_advisory_xact_lock(hashtext(:owner), s))"
     " FROM (SELECT s FROM generate_series(0, :slots - 1) AS s ORDER BY s) AS slots"
 )
-# The first free slot from a random start: try-locks, which never wait.
-_TRY_A_SLOT = text(
-    "SELECT slot FROM (SELECT (s + :start) % :slots AS slot"
+# The first free slot from a random start (try-locks, which never wait), else the start's,
+# waited for. One statement, so that it can go in a pipeline, where no answer can steer the
+# next statement: COALESCE evaluates its second argument only when the first is null. A
+# waiter holds no slot, so it cannot be part of a deadlock.
+_TAKE_A_SLOT = text(
+    "SELECT coalesce("
+    "(SELECT slot FROM (SELECT (s + :start) % :slots AS slot"
     " FROM generate_series(0, :slots - 1) AS s) AS slots"
-    " WHERE pg_try_advisory_xact_lock(hashtext(:owner), slot) LIMIT 1"
+    " WHERE pg_try_advisory_xact_lock(hashtext(:owner), slot) LIMIT 1),"
+    " (SELECT :start FROM pg_advisory_xact_lock(hashtext(:owner), :start)))"
 )
-_WAIT_FOR_A_SLOT = text("SELECT pg_advisory_xact_lock(hashtext(:owner), :start)")
 
 
 def lock_owner(conn: Connection | Session, owner: str) -> None:
@@ -166,11 +175,13 @@ def lock_owner(conn: Connection | Session, owner: str) -> None:
         )
 
 
-def _take_a_slot(conn: Connection, owner: str) -> None:
+def _slot_params(owner: str) -> dict[str, Any]:
+    return {"owner": owner, "slots": SLOTS, "start": random.randrange(SLOTS)}
+
+
+def _take_a_slot(conn: Connection, owner: str) -> int:
     """One of the owner's slots until the transaction ends: a free one, else wait for one."""
-    params = {"owner": owner, "slots": SLOTS, "start": random.randrange(SLOTS)}
-    if conn.scalar(_TRY_A_SLOT, params) is None:
-        conn.execute(_WAIT_FOR_A_SLOT, params)
+    return conn.scalar(_TAKE_A_SLOT, _slot_params(owner))
 
 
 def insert_queued(conn: Connection, values: dict[str, Any], cap: int) -> bool:
@@ -194,6 +205,35 @@ def insert_queued(conn: Connection, values: dict[str, Any], cap: int) -> bool:
 
 def _insert_if_fewer(conn: Connection, values: dict[str, Any], limit: int) -> bool:
     return conn.execute(INSERT_UNDER_CAP, {**values, "cap_offset": limit - 1}).first() is not None
+
+
+def submit_queued(conn: Connection, values: dict[str, Any], cap: int) -> bool:
+    """insert_queued, committed. On PostgreSQL, given a connection with no transaction open,
+    each try is one round trip (core.pipeline): a slot and the insert against cap - SLOTS + 1
+    far from the cap; near it, that try commits nothing and a second one takes every slot and
+    counts alone. False when over the cap; nothing is written then."""
+    if conn.dialect.name != "postgresql" or conn.in_transaction():
+        if not insert_queued(conn, values, cap):
+            return False
+        conn.commit()
+        return True
+    owner = values["owner"]
+    if cap > SLOTS and _insert_in_one_round_trip(
+        conn, (_TAKE_A_SLOT, _slot_params(owner)), values, cap - SLOTS + 1
+    ):
+        return True
+    every_slot = (_TAKE_EVERY_SLOT, {"owner": owner, "slots": SLOTS})
+    return _insert_in_one_round_trip(conn, every_slot, values, cap)
+
+
+def _insert_in_one_round_trip(
+    conn: Connection, lock: Step, values: dict[str, Any], limit: int
+) -> bool:
+    """BEGIN, the lock, the insert under `limit`, COMMIT. The insert is a statement of its own:
+    its snapshot is taken once the lock is held."""
+    insert_step = (INSERT_UNDER_CAP, {**values, "cap_offset": limit - 1})
+    _, inserted = in_one_round_trip(conn, [lock, insert_step])
+    return bool(inserted)
 
 
 def over_cap(conn: Connection | Session, owner: str, adding: int, cap: int) -> Problem:

@@ -1,10 +1,13 @@
 """Assertions and readers shared by the tests."""
 
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -54,3 +57,39 @@ def at_once(fn: Callable[[], T], n: int, timeout_s: float = 120) -> list[T]:
     for t in threads:
         t.join(timeout_s)
     return results
+
+
+@dataclass
+class RoundTrips:
+    n: int = 0  # the waits for PostgreSQL's answer: one ReadyForQuery ends each
+    log: str = ""  # libpq's trace of the messages, both ways
+
+
+@contextmanager
+def pg_round_trips(engine: Any) -> Iterator[RoundTrips]:
+    """The round trips to PostgreSQL of every connection `engine`'s pool hands out in the
+    block, returning it to the pool included, read from libpq's own trace (PQtrace) once the
+    block ends. Opening a new connection is the pool's, not counted."""
+    from psycopg import pq
+    from sqlalchemy import event
+
+    trips = RoundTrips()
+    traced: list[tuple[Any, IO[str]]] = []
+    with ExitStack() as files:
+
+        def trace(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+            out = files.enter_context(tempfile.TemporaryFile("w+"))
+            dbapi_conn.pgconn.trace(out.fileno())
+            dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            traced.append((dbapi_conn.pgconn, out))
+
+        event.listen(engine, "checkout", trace)
+        try:
+            yield trips
+        finally:
+            event.remove(engine, "checkout", trace)
+            for pgconn, out in traced:
+                pgconn.untrace()  # flushes the trace
+                out.seek(0)
+                trips.log += out.read()
+            trips.n = trips.log.count("\tReadyForQuery\t")

@@ -34,10 +34,10 @@ from core.fast_read import UNAVAILABLE
 from core.lifecycle import (
     EXPERIMENTS,
     cancel_queued,
-    insert_queued,
     over_cap,
     queued_values,
     request_cancel_running,
+    submit_queued,
 )
 from core.logs import request_id
 from core.owned import get_experiment
@@ -147,7 +147,7 @@ def submit(
     )
     existing = None
     if idempotency_key is not None:
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:  # no BEGIN, no ROLLBACK: one round trip
             existing = _by_key(conn, owner, idempotency_key)
         ttl = timedelta(seconds=get_settings().idempotency_ttl_s)
         if existing is not None and as_utc(existing.created_at) > now - ttl:
@@ -163,9 +163,8 @@ def submit(
             )
             conn.commit()
         try:
-            if not insert_queued(conn, vars(row), cap):
+            if not submit_queued(conn, vars(row), cap):  # committed; on PostgreSQL one trip
                 raise over_cap(conn, owner, 1, cap)
-            conn.commit()
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won; without a key the
             # conflict is not one a replay explains.

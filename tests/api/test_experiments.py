@@ -3,7 +3,7 @@
 import pytest
 
 from core.spec import MAX_SEQ_LEN
-from tests.checks import assert_problem
+from tests.checks import assert_problem, pg_round_trips
 from tests.conftest import Backend
 from tests.factories import SMALL_SUBMIT as SMALL
 
@@ -108,6 +108,53 @@ def test_a_lost_race_on_the_same_idempotency_key_is_a_replay(
     lookups.clear()
     assert_problem(client.post("/v1/experiments", json={**SMALL, "seed": 1}, headers=h), 409)
     assert backend.queue_depth() == 1
+
+
+def test_on_postgresql_a_post_is_one_round_trip_and_a_keyed_one_two(
+    client, backend: Backend
+) -> None:
+    """The insert under the cap is one pipeline (core.pipeline); a key adds its lookup, and a
+    replay is that lookup alone. Counted from libpq's trace of every pooled connection."""
+    if backend.name != "postgres":
+        pytest.skip("the pipeline is PostgreSQL's")
+    from core.db import get_engine
+
+    assert client.post("/v1/experiments", json=SMALL).status_code == 202  # key cached, pool warm
+    with pg_round_trips(get_engine()) as plain:
+        assert client.post("/v1/experiments", json=SMALL).status_code == 202
+    h = {"Idempotency-Key": "once"}
+    with pg_round_trips(get_engine()) as keyed:
+        first = client.post("/v1/experiments", json=SMALL, headers=h)
+    with pg_round_trips(get_engine()) as replayed:
+        again = client.post("/v1/experiments", json=SMALL, headers=h)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert (plain.n, keyed.n, replayed.n) == (1, 2, 1), plain.log + keyed.log + replayed.log
+    assert backend.queue_depth() == 3
+
+
+def test_near_the_cap_posts_count_alone_and_over_it_nothing_is_written(
+    client, backend: Backend, settings, monkeypatch
+) -> None:
+    """A cap above the slots: the first SLOTS - 1 go the one-trip way, the rest to the cap
+    count alone, and the one past it is a 429 that stores and enqueues nothing."""
+    from sqlalchemy import func, select
+
+    from core.db import get_engine
+    from core.lifecycle import SLOTS
+    from core.tables import Experiment
+
+    cap = SLOTS + 2
+    monkeypatch.setattr(settings, "max_active_per_owner", cap)
+    codes = [client.post("/v1/experiments", json=SMALL).status_code for _ in range(cap)]
+    assert codes == [202] * cap
+    body = assert_problem(client.post("/v1/experiments", json=SMALL), 429)
+    assert body["active"] == cap and body["cap"] == cap
+    keyed = client.post("/v1/experiments", json=SMALL, headers={"Idempotency-Key": "late"})
+    assert_problem(keyed, 429)
+    with get_engine().connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Experiment)) == cap
+    assert backend.queue_depth() == cap
 
 
 def test_an_idempotency_key_over_200_characters_is_422_naming_it(client, backend) -> None:
