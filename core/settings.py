@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     worker_name: str | None = None
     # Threads torch may use in a worker; 1 per worker when several share a CPU.
     torch_threads: int | None = Field(None, ge=1)
+    # A worker keeps the memory a training step frees for the next (glibc: worker/allocator.py)
+    # instead of faulting it back in every step; handed back when the run ends.
+    keep_freed_memory: bool = True
 
 
 @lru_cache

@@ -21,6 +21,7 @@ from core.queue import enqueue
 from core.settings import Settings, get_settings
 from core.spec import ExperimentCreate, estimated_memory
 from core.tables import Experiment
+from worker import allocator
 from worker.datasets import uploaded
 from worker.heartbeat import Heartbeat
 from worker.instruments import default_instruments
@@ -64,6 +65,15 @@ def run_experiment(experiment_id: str, settings: Settings | None = None) -> str 
     settings = settings or get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    if settings.keep_freed_memory:
+        allocator.keep_freed_memory()
+    try:
+        return _run_next(experiment_id, settings)
+    finally:
+        allocator.hand_back_freed_memory()
+
+
+def _run_next(experiment_id: str, settings: Settings) -> str | None:
     with get_sessionmaker()() as s:
         row = lifecycle.claim_fair(
             s, experiment_id, worker_name(settings), settings.max_running_per_owner
