@@ -14,11 +14,15 @@ its summary.steps_per_second against the plain loop timed just before and just a
 Runs are interleaved (plain, none, default, plain, ...) and each figure is the median over
 --repeats; wall clock and this process's CPU time per step (CPU time is steadier on a shared
 machine: with one thread it is the work itself). Floors (issue 19): train() with the default
-instruments <= 1.05x the plain loop, through the service <= 1.10x."""
+instruments <= 1.05x the plain loop, through the service <= 1.10x. --malloc keep runs both
+sides (this process and the service's worker) with the allocator set as a worker sets it,
+--malloc shipped only the worker (as deployed: a researcher's own loop has glibc's settings);
+by default both use glibc's own."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -211,10 +215,23 @@ def main() -> None:
     ap.add_argument("--service-scale", type=float, default=3.0, help="steps x this for --service")
     ap.add_argument("--no-grid", action="store_true", help="only the service comparison")
     ap.add_argument("--contention", type=int, default=0, help="busy processes beside --service")
+    ap.add_argument(
+        "--malloc",
+        choices=["default", "keep", "shipped"],
+        default="default",
+        help="glibc's allocator: its own settings on both sides; set to keep freed memory"
+        " (worker/allocator.py) on both sides; or as each ships: this process (the plain loop)"
+        " glibc's own, the service's worker keeping freed memory",
+    )
     a = ap.parse_args()
+    if a.malloc == "keep":
+        from worker.allocator import keep_freed_memory
+
+        assert keep_freed_memory(), "glibc did not take the allocator settings"
+    os.environ["KEEP_FREED_MEMORY"] = str(a.malloc != "default").lower()  # the worker's
     print(
         f"torch {torch.__version__}, hidden {a.hidden}, batch {a.batch}, adding, Adam, clip 1, "
-        f"instrument.every 10, median of {a.repeats} interleaved runs"
+        f"instrument.every 10, median of {a.repeats} interleaved runs, malloc {a.malloc}"
     )
     if not a.no_grid:
         grid(a)

@@ -231,7 +231,9 @@ def spectrum_figure(
                 ax.plot(s, _finite(v), color=color, label=f"{block}: sigma_max")
             if "radius" in quantities:
                 s, v = quantities["radius"]
-                ax.plot(s, _finite(v), color=color, ls="--", label=f"{block}: spectral radius")
+                # measured on the dynamics steps only: a few points, each marked
+                label = f"{block}: spectral radius"
+                ax.plot(s, _finite(v), color=color, ls="--", marker="o", ms=3, label=label)
         if bound is not None:
             ax.axhline(bound, color="crimson", ls=":", label=f"1/gamma = {bound:.3g}")
         ax.set_title(f"layer {layer}: W_hh")
