@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
-MMAP_THRESHOLD = 256 * 2**20  # blocks below this come from the heap and are reused
+# Blocks below the mmap threshold come from the heap and are reused. glibc's manual caps it
+# at 32 MiB (HEAP_MAX_SIZE / 2); the glibc here (Debian 2.36) takes 256 MiB, which a step of
+# long sequences needs; where it is refused the cap is used instead.
+MMAP_THRESHOLDS = (256 * 2**20, 32 * 2**20)
 TRIM_THRESHOLD = 1024 * 2**20  # free memory the heap keeps before giving it back
 
 
@@ -38,16 +41,18 @@ def _glibc() -> ctypes.CDLL | None:
 
 @lru_cache
 def keep_freed_memory() -> bool:
-    """From now on in this process: blocks under MMAP_THRESHOLD from the heap, and up to
+    """From now on in this process: blocks under the mmap threshold from the heap, and up to
     TRIM_THRESHOLD of freed memory kept in it. True when glibc took both (once a process)."""
     libc = _glibc()
     if libc is None:
         return False
-    took = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    took = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and took
-    if not took:
+    # The trim threshold only once a threshold took: setting either ends glibc's adapting of
+    # the mmap threshold, which alone would leave every large block mmapped.
+    took = any(libc.mallopt(M_MMAP_THRESHOLD, size) == 1 for size in MMAP_THRESHOLDS)
+    if not (took and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1):
         log.warning("glibc refused the allocator settings; training runs with its defaults")
-    return took
+        return False
+    return True
 
 
 def hand_back_freed_memory() -> None:

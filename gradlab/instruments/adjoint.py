@@ -279,6 +279,8 @@ def _lstm(
     # dL/dc_{t+1} * f_{t+1}: the path along the cell; at T-1 what c_n received
     carry = torch.zeros_like(direct[0]) if cell_direct is None else cell_direct.clone()
     cell = torch.empty_like(direct) if cell_out is None else cell_out
+    # the per-step views below write into dz_out itself: a copy would be read stale
+    assert dz_out is None or dz_out.is_contiguous()
     # Without dz_out one (B, 4, H) buffer serves every step.
     dz = direct.new_empty(1, b, 4, n).expand(t_len, -1, -1, -1) if dz_out is None else dz_out
     # Views made once: at (64, 128) a slice costs as much as the op on it.

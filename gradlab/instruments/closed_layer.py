@@ -8,7 +8,10 @@ gates, for an lstm the cell states); the backward solves a_t = direct_t + J_{t+1
 gradients from the pre-activation gradients with one GEMM each, and leaves the adjoint, the
 cell path and the gates where `adjoint.total_adjoint` and `adjoint.gates` find them. Same
 mathematics as torch's backward, another summation order: gradients agree to rounding, not
-bit for bit. CPU only: on a GPU a step-by-step loop would cost a kernel launch per operation.
+bit for bit. The forward takes tanh as 2 sigmoid(2z) - 1 (torch's CPU tanh costs 6x its
+sigmoid): exact to an absolute ~1e-7 in float32 rather than a relative one, which only
+values under ~1e-5 notice. CPU only: on a GPU a step-by-step loop would cost a kernel launch
+per operation.
 
 Why: with two layers of 128 at T = 100 the fused per-layer step and the adjoint after it took
 about 150 ms a layer, this one about 105 (fused forward and backward alone: about 85)."""

@@ -5,7 +5,7 @@ sigma_max against 1/gamma (Pascanu et al. 2013) says whether vanishing is guaran
 recorded at every instrumented step. The radius is what powers of W_hh alone grow or shrink
 by in the long run; a dense eigensolve costing 8x sigma_max, it is recorded with the other
 costly quantities (every `instrument.dynamics_every`-th instrumented step) and at the last
-step, so that the summary holds the final weights' radius."""
+step; the summary says which step its radius is from (`radius_step`)."""
 
 from __future__ import annotations
 
@@ -42,12 +42,16 @@ class Spectrum(Instrument):
                 last.setdefault(block, {})["sigma_max"] = sigma
             for block, radius in (block_radius(w) if with_radius else {}).items():
                 run.recorder.record(f"spectrum/{i}/{block}/radius", ctx.step, radius)
-                last[block]["radius"] = radius
+                # a run that stops early (cancelled, out of time) has an older radius
+                last[block].update(radius=radius, radius_step=torch.tensor(ctx.step))
 
     def summary(self, run: Run) -> dict[str, Any]:
         return {
             "spectrum": {
-                layer: {b: {k: float(v) for k, v in d.items()} for b, d in blocks.items()}
+                layer: {
+                    b: {k: int(v) if k == "radius_step" else float(v) for k, v in d.items()}
+                    for b, d in blocks.items()
+                }
                 for layer, blocks in self.last.items()
             }
         }
