@@ -22,7 +22,7 @@ class Spectrum(Instrument):
     name = "spectrum"
 
     def start(self, run: Run) -> None:
-        self.last: dict[str, dict[str, dict[str, Tensor]]] = {}
+        self.last: dict[str, dict[str, dict[str, Tensor | int]]] = {}
         self.layers = [
             (i, layer.weight_hh_l0)
             for i, layer in enumerate(run.model.rnn)
@@ -43,13 +43,13 @@ class Spectrum(Instrument):
             for block, radius in (block_radius(w) if with_radius else {}).items():
                 run.recorder.record(f"spectrum/{i}/{block}/radius", ctx.step, radius)
                 # a run that stops early (cancelled, out of time) has an older radius
-                last[block].update(radius=radius, radius_step=torch.tensor(ctx.step))
+                last[block].update(radius=radius, radius_step=ctx.step)
 
     def summary(self, run: Run) -> dict[str, Any]:
         return {
             "spectrum": {
                 layer: {
-                    b: {k: int(v) if k == "radius_step" else float(v) for k, v in d.items()}
+                    b: {k: v if isinstance(v, int) else float(v) for k, v in d.items()}
                     for b, d in blocks.items()
                 }
                 for layer, blocks in self.last.items()
