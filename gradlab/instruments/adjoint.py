@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from gradlab.instruments import matmul
 from models.cells import ElmanLayer
 
 Step = Callable[[Tensor, object], object]
@@ -125,17 +126,14 @@ def _pre(
     written into `out` when given (a contiguous (L, B, ...) block); h_{-1} = h0 (or 0)."""
     e = h.shape[0] if e is None else e
     w_ih, w_hh = layer.weight_ih_l0, layer.weight_hh_l0
-    flat = (
-        x.new_empty((e - s) * x.shape[1], w_ih.shape[0])
-        if out is None
-        else out.view(-1, w_ih.shape[0])
-    )
-    torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x[s:e].flatten(0, 1), w_ih.t(), out=flat)
+    flat = matmul.linear(x[s:e].flatten(0, 1), w_ih, layer.bias_ih_l0 + layer.bias_hh_l0)
+    if out is not None:
+        flat = out.view(-1, w_ih.shape[0]).copy_(flat)
     lo = max(s, 1)  # h_{-1} = 0: step 0 has only the input part
     if s == 0 and h0 is not None and e > 0:
-        flat[: x.shape[1]].addmm_(h0.to(flat.dtype), w_hh.t())
+        matmul.accumulate(flat[: x.shape[1]], h0.to(flat.dtype), w_hh)
     if e > lo:
-        flat[(lo - s) * x.shape[1] :].addmm_(h[lo - 1 : e - 1].flatten(0, 1), w_hh.t())
+        matmul.accumulate(flat[(lo - s) * x.shape[1] :], h[lo - 1 : e - 1].flatten(0, 1), w_hh)
     return flat.view(e - s, x.shape[1], -1)
 
 
@@ -238,9 +236,10 @@ def activation_derivative(
 def _rnn(w_hh: Tensor, dfdz: Tensor, direct: Tensor) -> Tensor:
     a = direct.clone()  # (T, B, H); accumulated in place: addmm's out= would copy first
     delta = torch.empty_like(direct[0])
+    rec = matmul.Weight(w_hh.t().contiguous(), direct.shape[1])
     for t in range(direct.shape[0] - 1, 0, -1):
         torch.mul(a[t], dfdz[t], out=delta)
-        a[t - 1].addmm_(delta, w_hh)  # direct + W_hh^T (f' * a)
+        rec.accumulate(a[t - 1], delta)  # direct + W_hh^T (f' * a)
     return a
 
 
@@ -287,6 +286,7 @@ def _lstm(
     a_t, f_t = a.unbind(0), v[:, :, 1].unbind(0)
     ac_t, ac3_t = cell.unbind(0), cell.unsqueeze(2).unbind(0)
     dz_t, dz3_t, dzo_t = dz.flatten(2).unbind(0), dz[:, :, :3].unbind(0), dz[:, :, 3].unbind(0)
+    rec = matmul.Weight(w_hh.t().contiguous(), b)
     for e in range(t_len, 0, -CHUNK):
         s = max(e - CHUNK, 0)
         c_prev = c[s - 1 : e - 1] if s > 0 else shifted(c[:e], c0)
@@ -299,7 +299,7 @@ def _lstm(
             torch.mul(coef3[k], ac3_t[t], out=dz3_t[t])
             torch.mul(coefo[k], a_t[t], out=dzo_t[t])
             if t > 0:
-                a_t[t - 1].addmm_(dz_t[t], w_hh)
+                rec.accumulate(a_t[t - 1], dz_t[t])
             carry = torch.mul(ac, f_t[t], out=carry)
     return a
 
@@ -308,6 +308,7 @@ def _gru(w_hh: Tensor, g: Gates, h: Tensor, direct: Tensor, h0: Tensor | None = 
     t_len, b, n = direct.shape
     a = direct.clone()
     dz = direct.new_empty(b, 3, n)
+    rec = matmul.Weight(w_hh.t().contiguous(), b)
     for e in range(t_len, 0, -CHUNK):
         s = max(e - CHUNK, 0)
         r, z, n_ = g.values[s:e].unbind(2)
@@ -320,7 +321,7 @@ def _gru(w_hh: Tensor, g: Gates, h: Tensor, direct: Tensor, h0: Tensor | None = 
         for t in range(e - 1, max(s, 1) - 1, -1):
             torch.mul(a[t].unsqueeze(1), coef[t - s], out=dz)
             a[t - 1].addcmul_(a[t], z[t - s])  # the z * h_{t-1} path
-            a[t - 1].addmm_(dz.view(b, 3 * n), w_hh)
+            rec.accumulate(a[t - 1], dz.view(b, 3 * n))
     return a
 
 
@@ -443,7 +444,7 @@ def input_gradient(
         dz = a * activation_derivative(kind.split(":", 1)[1], layer, x, h, h0)
     else:
         raise ValueError(f"no closed form for layer kind {kind!r}")
-    return dz.flatten(2) @ w_ih  # (T, B, I)
+    return matmul.linear(dz.flatten(0, 1).flatten(1), w_ih.t().contiguous()).view(*a.shape[:2], -1)
 
 
 Points = tuple[Tensor, Tensor]  # (steps, examples), each (K, B): where to evaluate

@@ -22,13 +22,21 @@ KINDS = {
 }
 
 
-def two_layers(kind: str) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+# float64 takes torch.addmm; float32 on the CPU oneDNN's products (gradlab/instruments/matmul.py)
+DTYPES = [torch.float64, torch.float32]
+# (rtol, atol) of the outputs, of the gradients
+TOL = {torch.float64: ((1e-12, 1e-12), (1e-10, 1e-12)), torch.float32: ((2e-6, 2e-6), (1e-4, 1e-5))}
+
+
+def two_layers(
+    kind: str, dtype: torch.dtype = torch.float64
+) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(3)
-    lower, upper = KINDS[kind](N_IN).double(), KINDS[kind](H).double()
+    lower, upper = KINDS[kind](N_IN).to(dtype), KINDS[kind](H).to(dtype)
     for p in [*lower.parameters(), *upper.parameters()]:
         p.data.mul_(1.7)  # large enough that saturation and decay both show
-    x = torch.randn(T, B, N_IN, dtype=torch.float64)
-    target = torch.randn(T, B, H, dtype=torch.float64)
+    x = torch.randn(T, B, N_IN, dtype=dtype)
+    target = torch.randn(T, B, H, dtype=dtype)
     return lower, upper, x, target
 
 
@@ -37,9 +45,11 @@ def loss_of(h1: torch.Tensor, h2: torch.Tensor, target: torch.Tensor) -> torch.T
     return ((h2 - target) ** 2).sum() + 0.3 * (h1 * h2).sum()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_outputs_and_gradients_equal_torchs_module(kind: str) -> None:
-    lower, upper, x, target = two_layers(kind)
+def test_outputs_and_gradients_equal_torchs_module(kind: str, dtype: torch.dtype) -> None:
+    lower, upper, x, target = two_layers(kind, dtype)
+    (rtol, atol), (grad_rtol, grad_atol) = TOL[dtype]
     xr = x.clone().requires_grad_()
     h1, h2 = lower(xr)[0], None
     h2 = upper(h1)[0]
@@ -51,19 +61,21 @@ def test_outputs_and_gradients_equal_torchs_module(kind: str) -> None:
     c1 = closed_forward(lower, xc)
     c2 = closed_forward(upper, c1)
     assert c1.grad_fn is not None and type(c1.grad_fn).__name__ == "_ClosedBackward"
-    torch.testing.assert_close(c1, h1.detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(c2, h2.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c1, h1.detach(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(c2, h2.detach(), rtol=rtol, atol=atol)
     loss_of(c1, c2, target).backward()
     got = [p.grad for p in [*lower.parameters(), *upper.parameters()]] + [xc.grad]
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g, w, rtol=grad_rtol, atol=grad_atol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_the_adjoints_it_leaves_equal_unrolled_autograd(kind: str) -> None:
+def test_the_adjoints_it_leaves_equal_unrolled_autograd(kind: str, dtype: torch.dtype) -> None:
     """dL/dh_t (and an lstm's dL/dc_t) of each layer, every path through later steps included,
     against autograd on the unrolled cells, each h_t (c_t) a node of its own."""
-    lower, upper, x, target = two_layers(kind)
+    lower, upper, x, target = two_layers(kind, dtype)
+    rtol, atol = TOL[dtype][1] if dtype == torch.float32 else (1e-10, 1e-12)
     c1 = closed_forward(lower, x)
     c2 = closed_forward(upper, c1)
     c1.retain_grad()
@@ -72,14 +84,16 @@ def test_the_adjoints_it_leaves_equal_unrolled_autograd(kind: str) -> None:
     for layer, inp, h in ((lower, x, c1), (upper, c1.detach(), c2)):
         a, cell = adjoint.total_adjoint(layer, inp, h)
         want = adjoint.unrolled(adjoint.cell_step(layer, kind), inp, h.grad)
-        torch.testing.assert_close(a, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a, want, rtol=rtol, atol=atol)
         assert a[0].abs().sum() > 0  # the recursion reached the first step
         if kind == "lstm":
             cells = _unrolled_cell_adjoint(layer, inp, h.grad)
-            torch.testing.assert_close(cell, cells, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(cell, cells, rtol=rtol, atol=atol)
             # the gates it kept are the ones a recompute gives
             g = adjoint.gates(layer, inp, h)
-            torch.testing.assert_close(g.values, adjoint._gates(layer, inp, h).values)
+            torch.testing.assert_close(
+                g.values, adjoint._gates(layer, inp, h).values, rtol=rtol, atol=atol
+            )
         else:
             assert cell is None
 

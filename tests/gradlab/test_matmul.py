@@ -1,0 +1,56 @@
+"""The products the closed-form layers take (gradlab/instruments/matmul.py): oneDNN's for
+float32 on the CPU, torch.addmm's otherwise, each equal to a float64 reference."""
+
+import pytest
+import torch
+
+from gradlab.instruments import matmul
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def operands(dtype: torch.dtype, rows: int = 37) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(rows, 24, generator=gen, dtype=dtype)
+    w = torch.randn(40, 24, generator=gen, dtype=dtype)
+    b = torch.randn(40, generator=gen, dtype=dtype)
+    add = torch.randn(rows, 40, generator=gen, dtype=dtype)
+    return x, w, b, add
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> None:
+    tol = 1e-5 if got.dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+def test_float32_on_the_cpu_goes_to_onednn_where_torch_has_it() -> None:
+    assert matmul.onednn(torch.zeros(2)) == torch.backends.mkldnn.is_available()
+    assert not matmul.onednn(torch.zeros(2, dtype=torch.float64))
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not matmul.onednn(torch.zeros(2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_product_equals_the_float64_one(dtype: torch.dtype) -> None:
+    x, w, b, add = operands(dtype)
+    xd, wd, bd, addd = (t.double() for t in (x, w, b, add))
+    close(matmul.linear(x, w), xd @ wd.t())
+    close(matmul.linear(x, w, b), xd @ wd.t() + bd)
+    close(matmul.t_mm(x, add), xd.t() @ addd)
+    close(matmul.accumulate(add.clone(), x, w), addd + xd @ wd.t())
+    packed = matmul.Weight(w, x.shape[0])
+    assert (packed.packed is not None) == matmul.onednn(w)
+    close(packed.plus(x, add), addd + xd @ wd.t())
+    out = add.clone()
+    assert packed.accumulate(out, x) is out  # in place
+    close(out, addd + xd @ wd.t())
+    # another row count than the one the weight was packed for
+    close(packed.plus(x[:5], add[:5]), addd[:5] + xd[:5] @ wd.t())
+
+
+def test_without_onednn_the_products_are_torchs_own_bit_for_bit() -> None:
+    x, w, b, add = operands(torch.float32)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(matmul.linear(x, w, b), torch.addmm(b, x, w.t()))
+        assert torch.equal(matmul.t_mm(x, add), x.t() @ add)
+        assert torch.equal(matmul.Weight(w, 37).plus(x, add), torch.addmm(add, x, w.t()))
