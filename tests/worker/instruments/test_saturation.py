@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradlab.instruments.saturation import dead_relu, layer_saturation
+from gradlab.instruments.saturation import dead_relu, gate_saturation, layer_saturation
 from models.cells import ElmanLayer
 from tests.factories import make_spec
 from worker.instruments.saturation import Saturation
@@ -43,6 +43,21 @@ def test_lstm_gates_forced_saturated_by_their_biases() -> None:
     h, _ = lstm(x)
     got = {k: float(v) for k, v in layer_saturation(lstm, x, h).items()}
     assert got == {"i": 1.0, "f": 0.0, "g": 1.0, "o": 0.0}
+
+
+def test_gate_fractions_equal_a_count_per_gate() -> None:
+    """Random gates with every gate's fraction different: each counted over its own slot."""
+    gen = torch.Generator().manual_seed(2)
+    v = torch.rand(7, 5, 4, 33, generator=gen)  # (T, B, G, H)
+    for k, spread in enumerate((1.0, 1.5, 3.0, 1.2)):  # a different fraction in each
+        v[:, :, k] = (v[:, :, k] - 0.5) * spread + 0.5
+    v[:, :, 2] = v[:, :, 2] * 2 - 1  # the tanh slot in [-1, 1] and beyond
+    got = gate_saturation(("i", "f", "g", "o"), v)
+    for k, name in enumerate("ifgo"):
+        c = v[:, :, k]
+        want = (c.abs() > 0.99) if k == 2 else ((c - 0.5).abs() > 0.49)
+        assert float(got[name]) == want.double().mean().item(), name
+    assert len({float(f) for f in got.values()}) == 4
 
 
 def test_recorded_during_training() -> None:
