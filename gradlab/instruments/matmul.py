@@ -72,6 +72,10 @@ class Weight:
         self.w = w
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows) if onednn(w) else None
 
+    def times(self, x: Tensor) -> Tensor:
+        """x @ w.T, a new tensor."""
+        return linear(x, self.w if self.packed is None else self.packed)
+
     def plus(self, x: Tensor, add: Tensor) -> Tensor:
         """add + x @ w.T, a new tensor."""
         if self.packed is None:

@@ -51,15 +51,36 @@ def test_step_jacobians_equal_autograd(cell: str) -> None:
     np.testing.assert_allclose(state[:6], h[-1, 0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_structured_products_equal_the_dense_jacobians(cell: str, dtype: torch.dtype) -> None:
+    """right() and left() never build J_t whole: they must equal J_t @ f.T and p @ J_t for
+    every t, a frame stored transposed (as exponents() keeps it) and any number of rows."""
+    torch.manual_seed(4)
+    net = RecurrentNet(3, 1, cell=cell, hidden_size=8).to(dtype)
+    with torch.no_grad():
+        for p in net.rnn[0].parameters():
+            p.uniform_(-0.8, 0.8)
+    x = torch.randn(12, 2, 3, dtype=dtype)
+    jac = step_jacobians(net.rnn[0], x, net(x).layers[0].detach())
+    size = 16 if cell == "lstm" else 8
+    f = torch.randn(size, 3, dtype=dtype).T  # (k, S), not contiguous
+    tol = {"rtol": 1e-12, "atol": 1e-13} if dtype == torch.float64 else {"rtol": 0, "atol": 1e-5}
+    for t, j in enumerate(jac(0, 12).double()):
+        for rows in (5, size):
+            p = torch.randn(rows, size, dtype=dtype)
+            torch.testing.assert_close(jac.left(p, t).double(), p.double() @ j, **tol)
+        torch.testing.assert_close(jac.right(t, f).double(), (j @ f.double().T).T, **tol)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_conditioning_equals_svd_of_the_plain_jacobian_products(cell: str) -> None:
-    """The lstm's product takes a shortcut through its diagonal cell columns: it must give the
-    singular values of the plain matrix products."""
+    """The running product goes through each J_t's structure (left()), not J_t itself: it
+    must give the singular values of the plain matrix products."""
     torch.manual_seed(1)
     net = RecurrentNet(3, 1, cell=cell, hidden_size=6).double()
     x = torch.randn(20, 2, 3, dtype=torch.float64)
     jac = step_jacobians(net.rnn[0], x, net(x).layers[0].detach())
-    assert getattr(jac, "diagonal_cell", False) == (cell == "lstm")
     lags = default_lags(20)
     smax, smin = conditioning(jac, 20, lags)
     full = jac(0, 20)
@@ -70,6 +91,26 @@ def test_conditioning_equals_svd_of_the_plain_jacobian_products(cell: str) -> No
         torch.testing.assert_close(smax[k], s[0], rtol=1e-10, atol=0)
         # sigma_min is resolved relative to sigma_max (float64: ~1e-15 of it), not to itself
         torch.testing.assert_close(smin[k], s[-1], rtol=1e-8, atol=1e-13 * float(s[0]))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_float32_conditioning_equals_svd_of_the_plain_products_in_float64(cell: str) -> None:
+    """A float32 product's extreme singular values come from its float64 Gram matrix: they
+    must be those of the plain products (float32 factors, multiplied in float64), sigma_min
+    down to ~1e-7 sigma_max."""
+    torch.manual_seed(5)
+    net = RecurrentNet(3, 1, cell=cell, hidden_size=32)
+    x = torch.randn(40, 2, 3)
+    jac = step_jacobians(net.rnn[0], x, net(x).layers[0].detach())
+    lags = default_lags(40)
+    smax, smin = conditioning(jac, 40, lags)
+    full = jac(0, 40).double()
+    eye = torch.eye(full.shape[1], dtype=full.dtype)
+    for k, tau in enumerate(lags):
+        s = torch.linalg.svdvals(torch.linalg.multi_dot([*full[40 - tau :].flip(0), eye]))
+        torch.testing.assert_close(smax[k], s[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(smin[k], s[-1], rtol=1e-3, atol=1e-7 * float(s[0]))
+    assert float(smin[0]) > 1e-5 * float(smax[0])  # so lag 1 tests sigma_min, 100x the atol
 
 
 def linear_net(gamma: float, n: int = 16) -> RecurrentNet:
