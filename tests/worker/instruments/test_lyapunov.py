@@ -95,9 +95,9 @@ def test_conditioning_equals_svd_of_the_plain_jacobian_products(cell: str) -> No
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_float32_conditioning_equals_svd_of_the_plain_products_in_float64(cell: str) -> None:
-    """A float32 product's extreme singular values come from its float64 Gram matrix: they
-    must be those of the plain products (float32 factors, multiplied in float64), sigma_min
-    down to ~1e-7 sigma_max."""
+    """A float32 product through the steps' structure: its extreme singular values must be
+    those of the plain products (float32 factors, multiplied in float64), sigma_min down to
+    ~1e-7 sigma_max."""
     torch.manual_seed(5)
     net = RecurrentNet(3, 1, cell=cell, hidden_size=32)
     x = torch.randn(40, 2, 3)
