@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from core.spec import ExperimentCreate
+from core.spec import ExperimentCreate, validation_chunk_size
 from gradlab.instruments.closed_layer import closed_forward
 from gradlab.instruments.norms import scaled_norms
 from models import RecurrentNet, RecurrentOutput, init_recurrent_net
@@ -151,9 +151,6 @@ class Batches:
         return batch
 
 
-VAL_CHUNK_ELEMENTS = 2**23  # hidden-state entries (T x B x H x layers) per validation chunk
-
-
 class Validator:
     """Loss and accuracy on the task's fixed held-out set, evaluated in chunks (the sum of the
     chunks' losses weighted by their sizes: every loss here is a mean over examples); tracks
@@ -169,7 +166,7 @@ class Validator:
         self.baseline_val = run.task.constant_baseline(y)
         m = run.spec.model
         per_example = x.shape[0] * m.hidden_size * m.num_layers * (2 if m.cell == "lstm" else 1)
-        self.chunk = max(16, min(1024, VAL_CHUNK_ELEMENTS // max(per_example, 1)))
+        self.chunk = validation_chunk_size(per_example, run.device.type == "cpu")
         self.best: float | None = None
         self.last: tuple[float, float | None] | None = None
         self.beat_baseline_at: int | None = None

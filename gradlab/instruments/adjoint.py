@@ -199,9 +199,11 @@ def _gates(
                 prev = torch.addcmul(ig[k], vc[k, :, 1], prev, out=extra[s + k])
             continue
         # GRU: n needs its recurrent pre-activation apart (inside r * (...)).
-        vc.copy_(F.linear(x[s:e], layer.weight_ih_l0, layer.bias_ih_l0).view(e - s, b, 3, n))
+        xi = matmul.linear(x[s:e].flatten(0, 1), layer.weight_ih_l0, layer.bias_ih_l0)
+        vc.copy_(xi.view(e - s, b, 3, n))
         hp = h[s - 1 : e - 1] if s > 0 else shifted(h[:e], h0)
-        hh = F.linear(hp, layer.weight_hh_l0, layer.bias_hh_l0).view(e - s, b, 3, n)
+        hh = matmul.linear(hp.flatten(0, 1), layer.weight_hh_l0, layer.bias_hh_l0)
+        hh = hh.view(e - s, b, 3, n)
         vc[:, :, :2].add_(hh[:, :, :2]).sigmoid_()
         extra[s:e] = hh[:, :, 2]
         vc[:, :, 2].addcmul_(vc[:, :, 0], hh[:, :, 2]).tanh_()
