@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Open SSE streams per key and API process; plots and reports drawn at once per API
     # process (a request waits at most RENDER_WAIT_S for a slot, then 503 with Retry-After).
     max_streams_per_owner: int = Field(20, ge=1)
+    # A stream's verdict so far (it reads the last profiles back) at most this often.
+    stream_verdict_every_s: float = Field(5.0, gt=0)
     max_concurrent_renders: int = Field(2, ge=1)
     render_wait_s: float = Field(2.0, ge=0)
     # Database connections per process: at least the threadpool's 40 threads, so a thread

@@ -13,7 +13,7 @@ Events, each `event: <name>`, an `id: <cursor>` and one JSON `data:` line:
 - `verdict`: while the experiment runs, the diagnosis of what is stored so far
   (core.provisional: `{"provisional": true, "step", "verdict", "reason", "worst_layer",
   "layers", "evidence", "suggestions"}`, no outcome): on connect, then when newer instrumented
-  steps are stored, at most every VERDICT_EVERY_S (it reads the last profiles back).
+  steps are stored, at most every STREAM_VERDICT_EVERY_S (it reads the last profiles back).
 - `end`: the experiment resource (summary, the final diagnosis, error) once the status is
   terminal; then the stream closes.
 
@@ -64,7 +64,6 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 SERIES = (series.LOSS, series.GRAD_NORM_TOTAL)
 VALIDATION = (series.VAL_LOSS, series.VAL_ACCURACY)
 POLL_S = 0.5
-VERDICT_EVERY_S = 5.0  # the verdict so far is recomputed at most this often a stream
 IDLE_POLLS = 4  # a stream whose experiment does not move waits up to this many POLL_S
 KEEPALIVE_S = 15.0
 CHUNKS_PER_POLL = 50
@@ -223,7 +222,8 @@ async def _events(experiment_id: str, resume: Cursor) -> AsyncIterator[bytes]:
     last_sent = time.monotonic()
     wait = POLL_S
     verdict_due = True  # on connect, then when newer instrumented steps are stored
-    verdict_at = -VERDICT_EVERY_S
+    verdict_every = get_settings().stream_verdict_every_s
+    verdict_at = -verdict_every
     validation_due = True  # the latest point is read on connect, then when new ones are stored
     while True:
         cur = send.cursor
@@ -262,9 +262,9 @@ async def _events(experiment_id: str, resume: Cursor) -> AsyncIterator[bytes]:
             if latest is not None and latest["step"] > send.cursor.val_step:
                 out.append(send("validation", latest, val_step=latest["step"]))
         # The verdict so far reads the last profiles back: only while running, only when
-        # something new was stored, at most every VERDICT_EVERY_S.
+        # something new was stored, at most every STREAM_VERDICT_EVERY_S.
         now = time.monotonic()
-        if row.status == "running" and verdict_due and now - verdict_at >= VERDICT_EVERY_S:
+        if row.status == "running" and verdict_due and now - verdict_at >= verdict_every:
             verdict_due, verdict_at = False, now
             so_far = await run_in_threadpool(_verdict, row)
             step = None if so_far is None else so_far["step"]

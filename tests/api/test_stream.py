@@ -157,7 +157,7 @@ def live(fast, monkeypatch, one_torch_thread):
         calls["poll"].append(time.monotonic())
         return poll(*args)
 
-    monkeypatch.setattr(stream, "VERDICT_EVERY_S", 0.25)
+    monkeypatch.setattr(fast, "stream_verdict_every_s", 0.25)
     monkeypatch.setattr(stream, "_verdict", counted_verdict)
     monkeypatch.setattr(stream, "_poll", counted_poll)
     monkeypatch.setattr(fast, "flush_every_steps", 20)
@@ -222,7 +222,7 @@ def test_a_live_stream_has_ids_validation_and_the_verdict_so_far(
     assert verdicts[-1]["verdict"] in ("healthy", "vanishing", "exploding", "inconclusive")
     assert verdicts[-1]["layers"][0]["lag"] == LIVE["task"]["seq_len"] - 1
     # the budget: read on connect, then only after new instrumented steps, at most every
-    # VERDICT_EVERY_S
+    # STREAM_VERDICT_EVERY_S
     read = verdict_while_running["verdict"]
     instrumented = [d for k, _, d in events if k == "batch" and "grad_norm_total" in d]
     assert 1 <= len(read) <= 1 + len(instrumented)

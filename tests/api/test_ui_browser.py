@@ -59,10 +59,12 @@ else:
 @pytest.fixture
 def server(settings, backend, tmp_path, monkeypatch):
     """uvicorn on the test's database; the in-process worker flushes often, so a run's page
-    sees several batches arrive."""
+    sees several batches arrive, and the stream sends a verdict so far every 0.5 s (at the
+    default 5 s a live run that trains in a few seconds can end before its second one)."""
     monkeypatch.setattr(settings, "flush_every_s", 0.3)
     monkeypatch.setattr(settings, "flush_every_steps", 25)
-    with uvicorn(backend.env(), tmp_path / "uvicorn.log") as base:
+    env = {**backend.env(), "STREAM_VERDICT_EVERY_S": "0.5"}
+    with uvicorn(env, tmp_path / "uvicorn.log") as base:
         yield base
 
 
