@@ -460,18 +460,19 @@ VAL_CHUNK_ELEMENTS_CPU = 3 * 2**20
 MAX_INPUT_SIZE = 10  # the widest task input (copy: 8 symbols, blank, delimiter)
 
 
-def validation_chunk_size(per_example: int, on_cpu: bool) -> int:
-    """Examples a validation chunk holds; per_example: T x H x layers (x 2 for an lstm)."""
+def validation_chunk_size(model: ModelSpec, seq_len: int, on_cpu: bool) -> int:
+    """Examples a validation chunk holds: its hidden states (and an lstm's cells) in budget."""
+    per_example = (
+        seq_len * model.hidden_size * model.num_layers * (2 if model.cell == "lstm" else 1)
+    )
     budget = VAL_CHUNK_ELEMENTS_CPU if on_cpu else VAL_CHUNK_ELEMENTS
     return max(16, min(1024, budget // max(per_example, 1)))
 
 
 def validation_chunk(spec: ExperimentCreate, dataset: TaskShape | None = None) -> int:
     """Examples the validation forward pass holds at once."""
-    m = spec.model
-    per_example = task_shape(spec.task, dataset).seq_len * m.hidden_size * m.num_layers
-    per_example *= 2 if m.cell == "lstm" else 1
-    return validation_chunk_size(per_example, spec.train.device == "cpu")
+    seq_len = task_shape(spec.task, dataset).seq_len
+    return validation_chunk_size(spec.model, seq_len, spec.train.device == "cpu")
 
 
 # Peak floats a worker holds per (example x time step x unit x layer), fitted to measured peaks

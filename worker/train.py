@@ -164,9 +164,7 @@ class Validator:
             self.y = self.y.to(run.dtype)
         self.size = x.shape[1]
         self.baseline_val = run.task.constant_baseline(y)
-        m = run.spec.model
-        per_example = x.shape[0] * m.hidden_size * m.num_layers * (2 if m.cell == "lstm" else 1)
-        self.chunk = validation_chunk_size(per_example, run.device.type == "cpu")
+        self.chunk = validation_chunk_size(run.spec.model, x.shape[0], run.device.type == "cpu")
         self.best: float | None = None
         self.last: tuple[float, float | None] | None = None
         self.beat_baseline_at: int | None = None

@@ -72,9 +72,14 @@ class Weight:
         self.w = w
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows) if onednn(w) else None
 
+    # The route was chosen once, here: the per-step calls below branch on it alone (a packed
+    # weight is a oneDNN tensor, which addmm cannot take).
+
     def times(self, x: Tensor) -> Tensor:
         """x @ w.T, a new tensor."""
-        return linear(x, self.w if self.packed is None else self.packed)
+        if self.packed is None:
+            return x @ self.w.t()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def plus(self, x: Tensor, add: Tensor) -> Tensor:
         """add + x @ w.T, a new tensor."""
@@ -84,4 +89,6 @@ class Weight:
 
     def accumulate(self, out: Tensor, x: Tensor) -> Tensor:
         """out += x @ w.T, in place."""
-        return accumulate(out, x, self.w if self.packed is None else self.packed)
+        if self.packed is None:
+            return out.addmm_(x, self.w.t())
+        return out.add_(self.times(x))
