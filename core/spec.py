@@ -451,9 +451,10 @@ def estimated_cost(spec: ExperimentCreate, dataset: TaskShape | None = None) -> 
 
 # The held-out set (worker/datasets/base.py: VAL_SIZE) is evaluated in chunks of about
 # VAL_CHUNK_ELEMENTS hidden-state entries on a GPU, 16 to 1024 examples a chunk. On the CPU
-# VAL_CHUNK_ELEMENTS_CPU keeps a chunk's states in the last-level cache: the 4096 examples
-# took 0.98 s in chunks of 64 against 1.37 s in 512 (lstm 2 x 128, T = 100), gru and rnn
-# 1 x 128 were fastest at 256 (one thread, 32 MiB L3).
+# fewer, VAL_CHUNK_ELEMENTS_CPU: with glibc's own allocator (train() in a user's process)
+# large chunks' blocks are mmapped and faulted in anew each chunk, and the 4096 examples of
+# lstm 2 x 128, T = 100 took 0.98 s in chunks of 64 against 1.48 s in 512; with freed memory
+# kept (the worker) the size hardly matters, 0.93 against 0.91 s (bench/cpu_kernels.py).
 VAL_SIZE = 4096
 VAL_CHUNK_ELEMENTS = 2**23
 VAL_CHUNK_ELEMENTS_CPU = 3 * 2**20

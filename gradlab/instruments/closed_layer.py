@@ -15,8 +15,8 @@ per operation.
 
 Why: with two layers of 128 at T = 100 the fused per-layer step and the adjoint after it took
 about 150 ms a layer, this one about 105 (fused forward and backward alone: about 85), on an
-older machine. Its products are oneDNN's (matmul.py): on today's, 48 ms a layer against the
-fused kernel's 31."""
+older machine. Its products are oneDNN's (matmul.py): on today's, 50 ms a layer against the
+fused kernel's 31, 73 with MKL's (bench/cpu_kernels.py)."""
 
 from __future__ import annotations
 

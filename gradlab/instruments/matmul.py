@@ -1,8 +1,9 @@
 """Products x @ w.T by oneDNN where torch has it (float32 on the CPU), by torch.addmm elsewhere.
 
 Why: torch's CPU matmul goes to MKL, whose float32 GEMMs at the closed-form layers' shapes
-ran at about half oneDNN's speed on the AMD EPYC measured (1 thread): (64, 128) x (128, 512)
-93 us against 51 with the weight packed once, (6400, 128) x (128, 512) 9.8 ms against 4.2.
+ran at about half oneDNN's speed on the AMD EPYC measured (1 thread, bench/cpu_kernels.py):
+(64, 128) x (128, 512) 90 us against 55 with the weight packed once, (6400, 128) x
+(128, 512) 9.3 ms against 4.1.
 torch's fused recurrent kernels, which the closed form is measured against, already use
 oneDNN. `torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler emits for a linear
 layer on the CPU; being private it is probed once, and anything it refuses (float64, a GPU,
