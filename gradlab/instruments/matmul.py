@@ -1,21 +1,32 @@
-"""Products x @ w.T by oneDNN where torch has it (float32 on the CPU), by torch.addmm elsewhere.
+"""Products x @ w.T by oneDNN or by torch's own (MKL on the CPU), by which runs faster on
+this kind of CPU; torch.addmm for float64 and on a GPU.
 
-Why: torch's CPU matmul goes to MKL, whose float32 GEMMs at the closed-form layers' shapes
-ran at about half oneDNN's speed on the AMD EPYC measured (1 thread, bench/cpu_kernels.py):
-(64, 128) x (128, 512) 90 us against 55 with the weight packed once, (6400, 128) x
-(128, 512) 9.3 ms against 4.1.
-torch's fused recurrent kernels, which the closed form is measured against, already use
-oneDNN. `torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler emits for a linear
-layer on the CPU; being private it is probed once, and anything it refuses (float64, a GPU,
-`torch.backends.mkldnn.enabled = False`, a build without it) takes torch.addmm. oneDNN sums
-in its own order: results agree with addmm to rounding, not bit for bit."""
+Why: which library wins depends on the CPU. On an AMD EPYC with AVX-512 oneDNN's float32
+GEMMs at the closed-form layers' shapes ran at about twice MKL's speed ((64, 128) x
+(128, 512) 55 us against 90, (6400, 128) x (128, 512) 4.1 ms against 9.3); on one with AVX2
+only (Zen 2) MKL won the per-step products (129-137 us against 141-165) and the weight
+gradient (23 ms against 35: oneDNN wants the summed dimension innermost, which costs two
+transposing copies), and one LSTM layer's closed forward and backward took 102 ms by MKL,
+123 by oneDNN (the fused kernel: 86). So oneDNN where torch's CPU capability is AVX-512,
+MKL elsewhere. The choice is the machine's, not timed: timing would pick a route per
+process, and the two sum in their own orders, so the same run would round differently from
+one process to the next (bench/cpu_kernels.py prints both; `pinned` fixes either).
+
+torch's fused recurrent kernels, which the closed form is measured against, use oneDNN.
+`torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler emits for a linear layer
+on the CPU; being private it is probed once, and anything it refuses (float64, a GPU,
+`torch.backends.mkldnn.enabled = False`, a build without it) takes torch.addmm."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+_pinned: str | None = None
 
 
 @lru_cache
@@ -33,7 +44,7 @@ def _available() -> bool:
 
 
 def onednn(t: Tensor) -> bool:
-    """Whether products with t's dtype and device go to oneDNN."""
+    """Whether products with t's dtype and device can go to oneDNN."""
     return (
         t.dtype == torch.float32
         and t.device.type == "cpu"
@@ -42,36 +53,64 @@ def onednn(t: Tensor) -> bool:
     )
 
 
+@contextmanager
+def pinned(route: str | None) -> Iterator[None]:
+    """Every product within takes `route` ("onednn" where it can, or "blas"; None: the
+    machine's)."""
+    global _pinned
+    assert route in ("onednn", "blas", None)
+    before, _pinned = _pinned, route
+    try:
+        yield
+    finally:
+        _pinned = before
+
+
+@lru_cache
+def _avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _use_onednn(t: Tensor) -> bool:
+    if not onednn(t) or _pinned == "blas":
+        return False
+    return _pinned == "onednn" or _avx512()
+
+
+def _dnn(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
 def linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """x (N, K) @ w (M, K).T + bias: (N, M), a new tensor."""
-    if onednn(x):
-        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    if _use_onednn(x):
+        return _dnn(x, w, bias)
     return x @ w.t() if bias is None else torch.addmm(bias, x, w.t())
 
 
 def accumulate(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
     """out (N, M) += x (N, K) @ w (M, K).T, in place."""
-    if onednn(x):
-        return out.add_(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))
+    if _use_onednn(x):
+        return out.add_(_dnn(x, w))
     return out.addmm_(x, w.t())
 
 
 def t_mm(a: Tensor, b: Tensor) -> Tensor:
-    """a (N, M).T @ b (N, K): (M, K), the sum over rows that weight gradients are. oneDNN
-    wants the summed dimension innermost: two transposing copies still leave it faster."""
-    if onednn(a):
-        return linear(a.t().contiguous(), b.t().contiguous())
+    """a (N, M).T @ b (N, K): (M, K), the sum over rows that weight gradients are."""
+    if _use_onednn(a):
+        return _dnn(a.t().contiguous(), b.t().contiguous())
     return a.t() @ b
 
 
 class Weight:
     """w (M, K) for many products x (rows, K) @ w.T within one pass, packed once into
-    oneDNN's layout for that row count (about 0.1 ms). The weights must not change while
-    it is in use."""
+    oneDNN's layout for that row count (about 0.1 ms) where oneDNN is the route. The weights
+    must not change while it is in use."""
 
     def __init__(self, w: Tensor, rows: int) -> None:
         self.w = w
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows) if onednn(w) else None
+        use = _use_onednn(w)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows) if use else None
 
     # The route was chosen once, here: the per-step calls below branch on it alone (a packed
     # weight is a oneDNN tensor, which addmm cannot take).
@@ -80,7 +119,7 @@ class Weight:
         """x @ w.T, a new tensor."""
         if self.packed is None:
             return x @ self.w.t()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return _dnn(x, self.packed)
 
     def plus(self, x: Tensor, add: Tensor) -> Tensor:
         """add + x @ w.T, a new tensor."""

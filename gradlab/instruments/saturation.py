@@ -31,18 +31,28 @@ def dead_relu(h: Tensor) -> Tensor:
     return _fraction((h == 0).flatten(0, 1).all(dim=0))
 
 
+CHUNK_ELEMENTS = 2**22  # gates compared at a time: bounds the copy, keeps float32 counts exact
+
+
 def gate_saturation(names: tuple[str, ...], v: Tensor) -> dict[str, Tensor]:
     """v: (T, B, G, H) post-activation gates; slot 2 is the tanh one (lstm g, gru n), the
-    others sigmoids. Gate by gate through a contiguous copy: comparisons over the strided
-    slice cost about 2.5x the copy and the comparison together."""
-    counts = []
-    for k in range(v.shape[2]):
-        c = v[:, :, k].contiguous()  # (T, B, H), a copy: changed in place below
-        if k == 2:
-            counts.append(torch.count_nonzero(c.abs_() > TANH_BOUND))
-        else:
-            counts.append(torch.count_nonzero(c.sub_(0.5).abs_() > 0.5 - SIGMOID_MARGIN))
-    fractions = torch.stack(counts).double() / (v.numel() // v.shape[2])
+    others sigmoids. All gates in one pass over a time chunk: |v - centre| > bound with the
+    centre and bound of each gate, written as 0/1 floats and summed, which took two thirds of
+    the time of a count_nonzero gate by gate. The sums of 0/1 are exact in float32 below
+    2^24 rows, which a chunk stays under."""
+    t_len, batch, g, n = v.shape
+    # per unit of a (G*H) row: a (G, 1) centre broadcast over H took 3x as long as a row
+    centre = v.new_full((g, n), 0.5)
+    bound = v.new_full((g, n), 0.5 - SIGMOID_MARGIN)
+    centre[2], bound[2] = 0.0, TANH_BOUND
+    centre, bound = centre.view(-1), bound.view(-1)  # (G*H,)
+    counts = torch.zeros(g, dtype=torch.float64, device=v.device)
+    step = max(1, CHUNK_ELEMENTS // max(batch * g * n, 1))
+    for s in range(0, t_len, step):
+        rows = v[s : s + step].reshape(-1, g * n)  # (L*B, G*H)
+        hits = (rows - centre).abs_().gt_(bound)  # 1 where saturated
+        counts += hits.sum(0).view(g, n).sum(1, dtype=torch.float64)
+    fractions = counts / (t_len * batch * n)
     return dict(zip(names, fractions.unbind(0), strict=True))
 
 

@@ -1,5 +1,6 @@
-"""The products the closed-form layers take (gradlab/instruments/matmul.py): oneDNN's for
-float32 on the CPU, torch.addmm's otherwise, each equal to a float64 reference."""
+"""The products the closed-form layers take (gradlab/instruments/matmul.py): oneDNN's or
+torch's own for float32 on the CPU, by the kind of CPU, torch.addmm's otherwise; each
+route equal to a float64 reference."""
 
 import pytest
 import torch
@@ -30,8 +31,14 @@ def test_float32_on_the_cpu_goes_to_onednn_where_torch_has_it() -> None:
         assert not matmul.onednn(torch.zeros(2))
 
 
+@pytest.mark.parametrize("route", ["onednn", "blas", None])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_product_equals_the_float64_one(dtype: torch.dtype) -> None:
+def test_every_product_equals_the_float64_one(dtype: torch.dtype, route: str | None) -> None:
+    with matmul.pinned(route):
+        products_equal_the_float64_ones(dtype, route)
+
+
+def products_equal_the_float64_ones(dtype: torch.dtype, route: str | None) -> None:
     x, w, b, add = operands(dtype)
     xd, wd, bd, addd = (t.double() for t in (x, w, b, add))
     close(matmul.linear(x, w), xd @ wd.t())
@@ -39,7 +46,8 @@ def test_every_product_equals_the_float64_one(dtype: torch.dtype) -> None:
     close(matmul.t_mm(x, add), xd.t() @ addd)
     close(matmul.accumulate(add.clone(), x, w), addd + xd @ wd.t())
     packed = matmul.Weight(w, x.shape[0])
-    assert (packed.packed is not None) == matmul.onednn(w)
+    if route is not None:
+        assert (packed.packed is not None) == (route == "onednn" and matmul.onednn(w))
     close(packed.plus(x, add), addd + xd @ wd.t())
     out = add.clone()
     assert packed.accumulate(out, x) is out  # in place
@@ -54,3 +62,22 @@ def test_without_onednn_the_products_are_torchs_own_bit_for_bit() -> None:
         assert torch.equal(matmul.linear(x, w, b), torch.addmm(b, x, w.t()))
         assert torch.equal(matmul.t_mm(x, add), x.t() @ add)
         assert torch.equal(matmul.Weight(w, 37).plus(x, add), torch.addmm(add, x, w.t()))
+
+
+def test_the_route_is_the_machines_onednn_with_avx512_mkl_without() -> None:
+    x, w, _, _ = operands(torch.float32)
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert (matmul.Weight(w, 37).packed is not None) == (avx512 and matmul.onednn(w))
+    if not avx512:  # torch's own product, bit for bit
+        assert torch.equal(matmul.t_mm(x, x), x.t() @ x)
+
+
+def test_pinning_a_route_holds_inside_and_ends_with_the_block() -> None:
+    x, w, _, _ = operands(torch.float32)
+    with matmul.pinned("blas"):
+        assert matmul.Weight(w, 37).packed is None
+        assert torch.equal(matmul.t_mm(x, x), x.t() @ x)
+        with matmul.pinned("onednn"):
+            assert (matmul.Weight(w, 37).packed is not None) == matmul.onednn(w)
+        assert matmul.Weight(w, 37).packed is None
+    assert matmul._pinned is None

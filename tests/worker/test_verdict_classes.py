@@ -143,7 +143,9 @@ def test_class6_three_tanh_layers_each_judged() -> None:
 ADDING_IRNN = {
     "task": {"seq_len": 30},
     "model": {"activation": "relu", "hidden_size": 32, "init": {"recurrent": "identity"}},
-    "train": {"steps": 400, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.003}},
+    # 600 steps: it reached the solved loss at step 399 with one CPU's products and at 499 with
+    # another's (rounding alone sets when); at 600 either is past it
+    "train": {"steps": 600, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.003}},
     "instrument": {"every": 20, "val_every": 50},
 }
 

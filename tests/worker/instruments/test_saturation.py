@@ -45,8 +45,11 @@ def test_lstm_gates_forced_saturated_by_their_biases() -> None:
     assert got == {"i": 1.0, "f": 0.0, "g": 1.0, "o": 0.0}
 
 
-def test_gate_fractions_equal_a_count_per_gate() -> None:
+@pytest.mark.parametrize("chunk", [None, 5 * 4 * 33 * 2])  # whole, or 2 steps at a time
+def test_gate_fractions_equal_a_count_per_gate(chunk: int | None, monkeypatch) -> None:
     """Random gates with every gate's fraction different: each counted over its own slot."""
+    if chunk is not None:
+        monkeypatch.setattr("gradlab.instruments.saturation.CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(2)
     v = torch.rand(7, 5, 4, 33, generator=gen)  # (T, B, G, H)
     for k, spread in enumerate((1.0, 1.5, 3.0, 1.2)):  # a different fraction in each
