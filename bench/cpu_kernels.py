@@ -3,7 +3,7 @@
 or with --malloc default glibc's own settings, as in a user's own process):
 
 - products: torch's matmul (MKL) against oneDNN's (gradlab/instruments/matmul.py) at the
-  closed-form layers' shapes, hidden 128, batch 64, T = 100;
+  closed-form layers' shapes, hidden 128, batch 64, T = 100, and which this CPU takes;
 - one layer's forward and backward: torch's fused module against the closed-form layer
   (gradlab/instruments/closed_layer.py), lstm and tanh rnn;
 - one lstm layer's Lyapunov instrument (step Jacobians, exponents k = 8, conditioning);
@@ -50,19 +50,28 @@ def cpu_ms(fn, reps: int, inner: int = 1) -> float:
 
 def products(reps: int) -> None:
     h, w, out = torch.randn(B, H), torch.randn(4 * H, H), torch.randn(B, 4 * H)
-    packed = matmul.Weight(w, B)
     x, b = torch.randn(T * B, H), torch.randn(4 * H)
-    mkl_step = cpu_ms(lambda: out.addmm_(h, w.t()), reps, 500)
-    dnn_step = cpu_ms(lambda: packed.plus(h, out), reps, 500)
-    mkl_big = cpu_ms(lambda: torch.addmm(b, x, w.t()), reps)
-    dnn_big = cpu_ms(lambda: matmul.linear(x, w, b), reps)
-    print(f"products, oneDNN in use: {matmul.onednn(x)}")
+    dz, xh = torch.randn(T * B, 4 * H), torch.randn(T * B, 2 * H)
+    got = {}
+    for route in ("blas", "onednn"):
+        with matmul.pinned(route):
+            packed = matmul.Weight(w, B)
+            got[route] = (
+                cpu_ms(lambda p=packed: p.plus(h, out), reps, 500),
+                cpu_ms(lambda: matmul.linear(x, w, b), reps),
+                cpu_ms(lambda: matmul.t_mm(dz, xh), reps),
+            )
+    mkl, dnn = got["blas"], got["onednn"]
+    chosen = "oneDNN" if matmul.Weight(w, B).packed is not None else "MKL"
+    print(f"products (CPU capability {torch.backends.cpu.get_cpu_capability()}: {chosen})")
     print(
-        f"  ({B}, {H}) x ({H}, {4 * H}) + add: MKL {1e3 * mkl_step:.0f} us, oneDNN packed "
-        f"{1e3 * dnn_step:.0f} us"
+        f"  ({B}, {H}) x ({H}, {4 * H}) + add: MKL {1e3 * mkl[0]:.0f} us, oneDNN packed "
+        f"{1e3 * dnn[0]:.0f} us"
     )
+    print(f"  ({T * B}, {H}) x ({H}, {4 * H}) + bias: MKL {mkl[1]:.2f} ms, oneDNN {dnn[1]:.2f} ms")
     print(
-        f"  ({T * B}, {H}) x ({H}, {4 * H}) + bias: MKL {mkl_big:.2f} ms, oneDNN {dnn_big:.2f} ms"
+        f"  ({T * B}, {4 * H}).T x ({T * B}, {2 * H}), the weight gradient: MKL {mkl[2]:.2f} ms,"
+        f" oneDNN {dnn[2]:.2f} ms"
     )
 
 
@@ -74,16 +83,14 @@ def layers(reps: int) -> None:
         def fused(layer=layer, x=x):
             layer(x)[0].sum().backward()
 
-        def closed(layer=layer, x=x):
-            closed_layer.closed_forward(layer, x).sum().backward()
-
-        def closed_mkl(closed=closed):
-            with torch.backends.mkldnn.flags(enabled=False):  # matmul.py falls back to addmm
-                closed()
+        def closed(route: str, layer=layer, x=x):
+            with matmul.pinned(route):
+                closed_layer.closed_forward(layer, x).sum().backward()
 
         print(
-            f"  {name}: fused {cpu_ms(fused, reps):.1f}, closed form {cpu_ms(closed, reps):.1f}"
-            f" (with MKL's products {cpu_ms(closed_mkl, reps):.1f})"
+            f"  {name}: fused {cpu_ms(fused, reps):.1f}, closed form with MKL's products "
+            f"{cpu_ms(lambda c=closed: c('blas'), reps):.1f}, with oneDNN's "
+            f"{cpu_ms(lambda c=closed: c('onednn'), reps):.1f}"
         )
 
 
