@@ -4,13 +4,13 @@ this kind of CPU; torch.addmm for float64 and on a GPU.
 Why: which library wins depends on the CPU. On an AMD EPYC with AVX-512 oneDNN's float32
 GEMMs at the closed-form layers' shapes ran at about twice MKL's speed ((64, 128) x
 (128, 512) 55 us against 90, (6400, 128) x (128, 512) 4.1 ms against 9.3); on one with AVX2
-only (Zen 2) MKL won the per-step products (129-137 us against 141-165) and the weight
-gradient (23 ms against 35: oneDNN wants the summed dimension innermost, which costs two
-transposing copies), and one LSTM layer's closed forward and backward took 102 ms by MKL,
-123 by oneDNN (the fused kernel: 86). So oneDNN where torch's CPU capability is AVX-512,
-MKL elsewhere. The choice is the machine's, not timed: timing would pick a route per
-process, and the two sum in their own orders, so the same run would round differently from
-one process to the next (bench/cpu_kernels.py prints both; `pinned` fixes either).
+only (Zen 2) MKL won the weight gradient (23.3 ms against 30.7: oneDNN wants the summed
+dimension innermost, which costs two transposing copies) and the per-step products tied
+(130 us each), and one LSTM layer's closed forward and backward took 108 ms by MKL, 122 by
+oneDNN (the fused kernel: 82; bench/cpu_kernels.py, README). So oneDNN where torch's CPU
+capability is AVX-512, MKL elsewhere. The choice is the machine's, not timed: timing would
+pick a route per process, and the two sum in their own orders, so the same run would round
+differently from one process to the next (`pinned` fixes either route).
 
 torch's fused recurrent kernels, which the closed form is measured against, use oneDNN.
 `torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler emits for a linear layer

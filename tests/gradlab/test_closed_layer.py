@@ -25,6 +25,16 @@ KINDS = {
 # float64 takes torch.addmm; float32 on the CPU oneDNN's products or torch's own, by the kind of
 # CPU (gradlab/instruments/matmul.py): both routes pinned in turn
 ROUTES = [(torch.float64, None), (torch.float32, "onednn"), (torch.float32, "blas")]
+
+
+@pytest.fixture(params=ROUTES, ids=["float64", "float32-onednn", "float32-blas"])
+def dtype(request: pytest.FixtureRequest):
+    """The dtype a test runs in, with its product route pinned while it runs."""
+    dtype, route = request.param
+    with matmul.pinned(route):
+        yield dtype
+
+
 # (rtol, atol) of the outputs, of the gradients
 TOL = {torch.float64: ((1e-12, 1e-12), (1e-10, 1e-12)), torch.float32: ((2e-6, 2e-6), (1e-4, 1e-5))}
 
@@ -46,16 +56,8 @@ def loss_of(h1: torch.Tensor, h2: torch.Tensor, target: torch.Tensor) -> torch.T
     return ((h2 - target) ** 2).sum() + 0.3 * (h1 * h2).sum()
 
 
-@pytest.mark.parametrize(("dtype", "route"), ROUTES)
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_outputs_and_gradients_equal_torchs_module(
-    kind: str, dtype: torch.dtype, route: str | None
-) -> None:
-    with matmul.pinned(route):
-        _outputs_and_gradients_equal_torchs_module(kind, dtype)
-
-
-def _outputs_and_gradients_equal_torchs_module(kind: str, dtype: torch.dtype) -> None:
+def test_outputs_and_gradients_equal_torchs_module(kind: str, dtype: torch.dtype) -> None:
     lower, upper, x, target = two_layers(kind, dtype)
     (rtol, atol), (grad_rtol, grad_atol) = TOL[dtype]
     xr = x.clone().requires_grad_()
@@ -77,16 +79,8 @@ def _outputs_and_gradients_equal_torchs_module(kind: str, dtype: torch.dtype) ->
         torch.testing.assert_close(g, w, rtol=grad_rtol, atol=grad_atol)
 
 
-@pytest.mark.parametrize(("dtype", "route"), ROUTES)
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_the_adjoints_it_leaves_equal_unrolled_autograd(
-    kind: str, dtype: torch.dtype, route: str | None
-) -> None:
-    with matmul.pinned(route):
-        _the_adjoints_it_leaves_equal_unrolled_autograd(kind, dtype)
-
-
-def _the_adjoints_it_leaves_equal_unrolled_autograd(kind: str, dtype: torch.dtype) -> None:
+def test_the_adjoints_it_leaves_equal_unrolled_autograd(kind: str, dtype: torch.dtype) -> None:
     """dL/dh_t (and an lstm's dL/dc_t) of each layer, every path through later steps included,
     against autograd on the unrolled cells, each h_t (c_t) a node of its own."""
     lower, upper, x, target = two_layers(kind, dtype)
