@@ -1,16 +1,19 @@
 """Products x @ w.T by oneDNN or by torch's own (MKL on the CPU), by which runs faster on
 this kind of CPU; torch.addmm for float64 and on a GPU.
 
-Why: which library wins depends on the CPU. On an AMD EPYC with AVX-512 oneDNN's float32
-GEMMs at the closed-form layers' shapes ran at about twice MKL's speed ((64, 128) x
-(128, 512) 55 us against 90, (6400, 128) x (128, 512) 4.1 ms against 9.3); on one with AVX2
-only (Zen 2) MKL won the weight gradient (23.3 ms against 30.7: oneDNN wants the summed
-dimension innermost, which costs two transposing copies) and the per-step products tied
-(130 us each), and one LSTM layer's closed forward and backward took 108 ms by MKL, 122 by
-oneDNN (the fused kernel: 82; bench/cpu_kernels.py, README). So oneDNN where torch's CPU
-capability is AVX-512, MKL elsewhere. The choice is the machine's, not timed: timing would
-pick a route per process, and the two sum in their own orders, so the same run would round
-differently from one process to the next (`pinned` fixes either route).
+Why: which library wins depends on the CPU, and on its maker: MKL takes its AVX-512 kernels
+on Intel's CPUs only, oneDNN on any CPU that has the instructions. On an AMD EPYC with AVX-512
+oneDNN's float32 GEMMs at the closed-form layers' shapes ran at about twice MKL's speed
+((64, 128) x (128, 512) 55 us against 90, (6400, 128) x (128, 512) 4.1 ms against 9.3); on an
+AMD with AVX2 only (Zen 2) MKL won the weight gradient (23.3 ms against 30.7: oneDNN wants the
+summed dimension innermost, which costs two transposing copies) and the per-step products tied
+(130 us each); on an Intel Xeon with AVX-512 MKL won all three (96 us against 108, 11.5 ms
+against 10.3 for the input product, 22.7 against 38.0 for the weight gradient) and one LSTM
+layer's closed forward and backward took 138 ms by MKL, 162 by oneDNN (bench/cpu_kernels.py,
+README). So oneDNN on AMD's CPUs with AVX-512, MKL elsewhere. The choice is the machine's,
+not timed: timing would pick a route per process, and the two sum in their own orders, so
+the same run would round differently from one process to the next (`pinned` fixes either
+route).
 
 torch's fused recurrent kernels, which the closed form is measured against, use oneDNN.
 `torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler emits for a linear layer
@@ -66,15 +69,32 @@ def pinned(route: str | None) -> Iterator[None]:
         _pinned = before
 
 
+def cpu_vendor() -> str:
+    """The CPU's maker as Linux reports it ('GenuineIntel', 'AuthenticAMD'), '' elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def prefers_onednn(capability: str, vendor: str) -> bool:
+    """Whether oneDNN's products beat MKL's on a CPU of this torch capability and maker."""
+    return capability.startswith("AVX512") and vendor == "AuthenticAMD"
+
+
 @lru_cache
-def _avx512() -> bool:
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+def _machine_prefers_onednn() -> bool:
+    return prefers_onednn(torch.backends.cpu.get_cpu_capability(), cpu_vendor())
 
 
 def _use_onednn(t: Tensor) -> bool:
     if not onednn(t) or _pinned == "blas":
         return False
-    return _pinned == "onednn" or _avx512()
+    return _pinned == "onednn" or _machine_prefers_onednn()
 
 
 def _dnn(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -115,11 +135,11 @@ class Weight:
     # The route was chosen once, here: the per-step calls below branch on it alone (a packed
     # weight is a oneDNN tensor, which addmm cannot take).
 
-    def times(self, x: Tensor) -> Tensor:
-        """x @ w.T, a new tensor."""
+    def times(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x @ w.T (+ bias), a new tensor."""
         if self.packed is None:
-            return x @ self.w.t()
-        return _dnn(x, self.packed)
+            return x @ self.w.t() if bias is None else torch.addmm(bias, x, self.w.t())
+        return _dnn(x, self.packed, bias)
 
     def plus(self, x: Tensor, add: Tensor) -> Tensor:
         """add + x @ w.T, a new tensor."""

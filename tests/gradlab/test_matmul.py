@@ -2,6 +2,8 @@
 torch's own for float32 on the CPU, by the kind of CPU, torch.addmm's otherwise; each
 route equal to a float64 reference."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,6 +51,8 @@ def products_equal_the_float64_ones(dtype: torch.dtype, route: str | None) -> No
     if route is not None:
         assert (packed.packed is not None) == (route == "onednn" and matmul.onednn(w))
     close(packed.plus(x, add), addd + xd @ wd.t())
+    close(packed.times(x), xd @ wd.t())
+    close(packed.times(x, b), xd @ wd.t() + bd)
     out = add.clone()
     assert packed.accumulate(out, x) is out  # in place
     close(out, addd + xd @ wd.t())
@@ -64,12 +68,23 @@ def test_without_onednn_the_products_are_torchs_own_bit_for_bit() -> None:
         assert torch.equal(matmul.Weight(w, 37).plus(x, add), torch.addmm(add, x, w.t()))
 
 
-def test_the_route_is_the_machines_onednn_with_avx512_mkl_without() -> None:
+def test_the_route_is_the_machines_onednn_on_amd_with_avx512_mkl_elsewhere() -> None:
+    assert matmul.prefers_onednn("AVX512", "AuthenticAMD")
+    assert not matmul.prefers_onednn("AVX512", "GenuineIntel")  # MKL's own AVX-512 kernels
+    assert not matmul.prefers_onednn("AVX2", "AuthenticAMD")
+    assert not matmul.prefers_onednn("AVX512", "")  # unknown maker: torch's own
     x, w, _, _ = operands(torch.float32)
-    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    assert (matmul.Weight(w, 37).packed is not None) == (avx512 and matmul.onednn(w))
-    if not avx512:  # torch's own product, bit for bit
+    machine = matmul.prefers_onednn(torch.backends.cpu.get_cpu_capability(), matmul.cpu_vendor())
+    assert (matmul.Weight(w, 37).packed is not None) == (machine and matmul.onednn(w))
+    if not machine:  # torch's own product, bit for bit
         assert torch.equal(matmul.t_mm(x, x), x.t() @ x)
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux's /proc")
+def test_the_vendor_is_read_from_linux() -> None:
+    vendor = matmul.cpu_vendor()
+    with open("/proc/cpuinfo") as f:
+        assert (vendor != "") == ("vendor_id" in f.read())
 
 
 def test_pinning_a_route_holds_inside_and_ends_with_the_block() -> None:
