@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gradlab.instruments import matmul
+from gradlab.instruments import matmul, native
 from models.cells import ElmanLayer
 
 Step = Callable[[Tensor, object], object]
@@ -275,6 +275,10 @@ def _lstm(
     dz_out (T, B, 4, H): filled with the gates' pre-activation gradients (for dL/dx)."""
     v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
     assert c is not None
+    if native.usable(direct, v) and (cell_out is None or cell_out.is_contiguous()):
+        cell = torch.empty_like(direct, memory_format=torch.contiguous_format)
+        cell = cell if cell_out is None else cell_out
+        return native.lstm_adjoint(w_hh, v, c, g.cell_tanh, direct, cell, c0, cell_direct, dz_out)
     t_len, b, n = direct.shape
     a = direct.clone()
     # dL/dc_{t+1} * f_{t+1}: the path along the cell; at T-1 what c_n received
@@ -306,11 +310,26 @@ def _lstm(
     return a
 
 
-def _gru(w_hh: Tensor, g: Gates, h: Tensor, direct: Tensor, h0: Tensor | None = None) -> Tensor:
+def _gru(
+    w_hh: Tensor,
+    g: Gates,
+    h: Tensor,
+    direct: Tensor,
+    h0: Tensor | None = None,
+    dz_out: Tensor | None = None,
+) -> Tensor:
+    """dL/dh_t. dz_out (T, B, 3, H): filled with the gradients of the recurrent products'
+    outputs W_h{r,z,n} h_{t-1} + b_h{r,z,n} (n's is its pre-activation's times r)."""
+    if native.usable(direct, g.values):
+        return native.gru_adjoint(w_hh, g.values, g.hh_n, h, direct, h0, dz_out)
     t_len, b, n = direct.shape
     a = direct.clone()
-    dz = direct.new_empty(b, 3, n)
+    assert dz_out is None or dz_out.is_contiguous()
+    dz = direct.new_empty(1, b, 3, n).expand(t_len, -1, -1, -1) if dz_out is None else dz_out
+    a_t, dz_t = a.unbind(0), dz.unbind(0)
     rec = matmul.Weight(w_hh.t().contiguous(), b)
+    # t = 0 has no a_{-1} to pass on to: only the weight gradients want its dz
+    last = 0 if dz_out is not None else 1
     for e in range(t_len, 0, -CHUNK):
         s = max(e - CHUNK, 0)
         r, z, n_ = g.values[s:e].unbind(2)
@@ -320,10 +339,11 @@ def _gru(w_hh: Tensor, g: Gates, h: Tensor, direct: Tensor, h0: Tensor | None = 
         torch.mul(dn * g.hh_n[s:e], r - r * r, out=coef[:, :, 0])
         torch.mul(h_prev - n_, z - z * z, out=coef[:, :, 1])
         dn.mul_(r)
-        for t in range(e - 1, max(s, 1) - 1, -1):
-            torch.mul(a[t].unsqueeze(1), coef[t - s], out=dz)
-            a[t - 1].addcmul_(a[t], z[t - s])  # the z * h_{t-1} path
-            rec.accumulate(a[t - 1], dz.view(b, 3 * n))
+        for t in range(e - 1, max(s, last) - 1, -1):
+            torch.mul(a_t[t].unsqueeze(1), coef[t - s], out=dz_t[t])
+            if t > 0:
+                a_t[t - 1].addcmul_(a_t[t], z[t - s])  # the z * h_{t-1} path
+                rec.accumulate(a_t[t - 1], dz_t[t].view(b, 3 * n))
     return a
 
 

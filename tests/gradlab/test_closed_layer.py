@@ -3,13 +3,15 @@ its outputs and every gradient equal torch's own module under autograd, the adjo
 leaves equal an unrolled autograd computation of dL/dh_t (and dL/dc_t), and a training run
 that takes it on its instrumented steps reports what the route without it reports."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from core.spec import ExperimentCreate
-from gradlab.instruments import adjoint, matmul
+from gradlab.instruments import adjoint, matmul, native
 from gradlab.instruments.closed_layer import closed_forward
 from worker import train as train_mod
 from worker.instruments import default_instruments
@@ -17,21 +19,30 @@ from worker.instruments import default_instruments
 T, B, N_IN, H = 9, 3, 4, 5
 KINDS = {
     "lstm": lambda i: nn.LSTM(i, H),
+    "gru": lambda i: nn.GRU(i, H),
     "rnn:tanh": lambda i: nn.RNN(i, H, nonlinearity="tanh"),
     "rnn:relu": lambda i: nn.RNN(i, H, nonlinearity="relu"),
 }
 
 
-# float64 takes torch.addmm; float32 on the CPU oneDNN's products or torch's own, by the kind of
-# CPU (gradlab/instruments/matmul.py): both routes pinned in turn
-ROUTES = [(torch.float64, None), (torch.float32, "onednn"), (torch.float32, "blas")]
+# float64 takes torch.addmm and torch's ops; float32 on the CPU oneDNN's products or torch's own,
+# by the kind of CPU (gradlab/instruments/matmul.py), and the C kernels for the gate arithmetic
+# where they build (native.py): each route pinned in turn, and torch's ops without the kernels
+ROUTES = [
+    (torch.float64, None, True),
+    (torch.float32, "onednn", True),
+    (torch.float32, "blas", True),
+    (torch.float32, "blas", False),
+]
 
 
-@pytest.fixture(params=ROUTES, ids=["float64", "float32-onednn", "float32-blas"])
+@pytest.fixture(
+    params=ROUTES, ids=["float64", "float32-onednn", "float32-blas", "float32-torch-ops"]
+)
 def dtype(request: pytest.FixtureRequest):
-    """The dtype a test runs in, with its product route pinned while it runs."""
-    dtype, route = request.param
-    with matmul.pinned(route):
+    """The dtype a test runs in, with its product route and kernels pinned while it runs."""
+    dtype, route, kernels = request.param
+    with matmul.pinned(route), contextlib.nullcontext() if kernels else native.off():
         yield dtype
 
 
@@ -95,14 +106,15 @@ def test_the_adjoints_it_leaves_equal_unrolled_autograd(kind: str, dtype: torch.
         want = adjoint.unrolled(adjoint.cell_step(layer, kind), inp, h.grad)
         torch.testing.assert_close(a, want, rtol=rtol, atol=atol)
         assert a[0].abs().sum() > 0  # the recursion reached the first step
+        if kind in ("lstm", "gru"):  # the gates it kept are the ones a recompute gives
+            g, again = adjoint.gates(layer, inp, h), adjoint._gates(layer, inp, h)
+            assert g is not again
+            torch.testing.assert_close(g.values, again.values, rtol=rtol, atol=atol)
+            if kind == "gru":
+                torch.testing.assert_close(g.hh_n, again.hh_n, rtol=rtol, atol=atol)
         if kind == "lstm":
             cells = _unrolled_cell_adjoint(layer, inp, h.grad)
             torch.testing.assert_close(cell, cells, rtol=rtol, atol=atol)
-            # the gates it kept are the ones a recompute gives
-            g = adjoint.gates(layer, inp, h)
-            torch.testing.assert_close(
-                g.values, adjoint._gates(layer, inp, h).values, rtol=rtol, atol=atol
-            )
         else:
             assert cell is None
 
@@ -136,8 +148,8 @@ def test_gradcheck() -> None:
         assert torch.autograd.gradcheck(f, (x, *[p.detach().requires_grad_() for p in w]))
 
 
-def test_gru_gpu_and_no_grad_take_the_modules_own_route() -> None:
-    assert closed_forward(nn.GRU(2, 3), torch.randn(4, 1, 2)) is None
+def test_other_kinds_and_no_grad_take_the_modules_own_route() -> None:
+    assert closed_forward(nn.RNN(2, 3, num_layers=2), torch.randn(4, 1, 2)) is None
     with torch.no_grad():
         assert closed_forward(nn.LSTM(2, 3), torch.randn(4, 1, 2)) is None
 
@@ -146,6 +158,7 @@ def test_gru_gpu_and_no_grad_take_the_modules_own_route() -> None:
     "model",
     [
         {"cell": "lstm", "num_layers": 2},
+        {"cell": "gru", "num_layers": 2, "residual": True},
         {"cell": "rnn", "activation": "tanh", "num_layers": 2, "residual": True},
         {"cell": "rnn", "activation": "relu", "recurrent_param": "orthogonal"},
     ],

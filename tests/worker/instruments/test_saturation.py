@@ -1,7 +1,10 @@
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
+from gradlab.instruments import native
 from gradlab.instruments.saturation import dead_relu, gate_saturation, layer_saturation
 from models.cells import ElmanLayer
 from tests.factories import make_spec
@@ -45,17 +48,31 @@ def test_lstm_gates_forced_saturated_by_their_biases() -> None:
     assert got == {"i": 1.0, "f": 0.0, "g": 1.0, "o": 0.0}
 
 
-@pytest.mark.parametrize("chunk", [None, 5 * 4 * 33 * 2])  # whole, or 2 steps at a time
-def test_gate_fractions_equal_a_count_per_gate(chunk: int | None, monkeypatch) -> None:
-    """Random gates with every gate's fraction different: each counted over its own slot."""
+@pytest.mark.parametrize(
+    "route",
+    [
+        ("torch", None),  # torch's ops over the whole tensor
+        ("torch", 5 * 4 * 33 * 2),  # 2 steps at a time
+        ("kernel", None),  # the C pass (gradlab/instruments/native.py)
+    ],
+    ids=["torch-whole", "torch-chunks", "kernel"],
+)
+def test_gate_fractions_equal_a_count_per_gate(route, monkeypatch) -> None:
+    """Random gates with every gate's fraction different: each counted over its own slot, a
+    NaN nowhere."""
+    kind, chunk = route
     if chunk is not None:
         monkeypatch.setattr("gradlab.instruments.saturation.CHUNK_ELEMENTS", chunk)
+    if kind == "kernel" and not native.usable(torch.zeros(1)):
+        pytest.skip("no C compiler here")
     gen = torch.Generator().manual_seed(2)
     v = torch.rand(7, 5, 4, 33, generator=gen)  # (T, B, G, H)
     for k, spread in enumerate((1.0, 1.5, 3.0, 1.2)):  # a different fraction in each
         v[:, :, k] = (v[:, :, k] - 0.5) * spread + 0.5
     v[:, :, 2] = v[:, :, 2] * 2 - 1  # the tanh slot in [-1, 1] and beyond
-    got = gate_saturation(("i", "f", "g", "o"), v)
+    v[3, 1, :, 4] = float("nan")
+    with contextlib.nullcontext() if kind == "kernel" else native.off():
+        got = gate_saturation(("i", "f", "g", "o"), v)
     for k, name in enumerate("ifgo"):
         c = v[:, :, k]
         want = (c.abs() > 0.99) if k == 2 else ((c - 0.5).abs() > 0.49)
