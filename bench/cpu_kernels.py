@@ -4,8 +4,9 @@ or with --malloc default glibc's own settings, as in a user's own process):
 
 - products: torch's matmul (MKL) against oneDNN's (gradlab/instruments/matmul.py) at the
   closed-form layers' shapes, hidden 128, batch 64, T = 100, and which this CPU takes;
-- one layer's forward and backward: torch's fused module against the closed-form layer
-  (gradlab/instruments/closed_layer.py), lstm and tanh rnn;
+- one layer's forward and backward: torch's fused module, alone and followed by the adjoint
+  recomputed, against the closed-form layer (gradlab/instruments/closed_layer.py): lstm, gru,
+  tanh rnn, its gate arithmetic by the C kernels (native.py) and by torch's ops;
 - one lstm layer's Lyapunov instrument (step Jacobians, exponents k = 8, conditioning);
 - gate saturation of one lstm layer's gates;
 - the held-out set (4096 examples) through train()'s validator in chunks of each size.
@@ -15,6 +16,7 @@ or with --malloc default glibc's own settings, as in a user's own process):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -26,7 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.spec import ExperimentCreate
-from gradlab.instruments import closed_layer, matmul
+from gradlab.instruments import adjoint, closed_layer, matmul, native
 from gradlab.instruments.saturation import gate_saturation
 from worker.allocator import keep_freed_memory
 from worker.datasets import make_task
@@ -76,20 +78,32 @@ def products(reps: int) -> None:
 
 
 def layers(reps: int) -> None:
-    print("one layer, forward and backward (input 128, sum of outputs as the loss), ms")
-    for name, layer in (("lstm", nn.LSTM(H, H)), ("rnn tanh", nn.RNN(H, H))):
+    print(
+        "one layer, forward and backward (input 128, sum of outputs as the loss), ms; "
+        "'then adjoint': the fused layer, then the closed-form adjoint recomputed from its "
+        "outputs (the route without the closed-form layer)"
+    )
+    for name, layer in (("lstm", nn.LSTM(H, H)), ("gru", nn.GRU(H, H)), ("rnn tanh", nn.RNN(H, H))):
         x = torch.randn(T, B, H, requires_grad=True)
 
         def fused(layer=layer, x=x):
             layer(x)[0].sum().backward()
 
-        def closed(route: str, layer=layer, x=x):
-            with matmul.pinned(route):
+        def then_adjoint(layer=layer, x=x):
+            h = layer(x)[0]
+            h.retain_grad()
+            h.sum().backward()
+            adjoint.total_adjoint(layer, x.detach(), h)
+
+        def closed(route: str, kernels: bool = True, layer=layer, x=x):
+            with matmul.pinned(route), contextlib.nullcontext() if kernels else native.off():
                 closed_layer.closed_forward(layer, x).sum().backward()
 
         print(
-            f"  {name}: fused {cpu_ms(fused, reps):.1f}, closed form with MKL's products "
-            f"{cpu_ms(lambda c=closed: c('blas'), reps):.1f}, with oneDNN's "
+            f"  {name}: fused {cpu_ms(fused, reps):.1f}, then adjoint "
+            f"{cpu_ms(then_adjoint, reps):.1f}, closed form with MKL's products "
+            f"{cpu_ms(lambda c=closed: c('blas'), reps):.1f} (the gates by torch's ops "
+            f"{cpu_ms(lambda c=closed: c('blas', False), reps):.1f}), with oneDNN's "
             f"{cpu_ms(lambda c=closed: c('onednn'), reps):.1f}"
         )
 
@@ -107,9 +121,11 @@ def lyapunov_and_saturation(reps: int) -> None:
     w = [p.detach() for p in lstm.parameters()]
     _, gates = closed_layer._lstm_forward(x, w[0], w[1], w[2] + w[3])
     sat = cpu_ms(lambda: gate_saturation(gates.names, gates.values), reps)
+    with native.off():
+        sat_torch = cpu_ms(lambda: gate_saturation(gates.names, gates.values), reps)
     print(
         f"lstm layer: Lyapunov instrument {cpu_ms(lyapunov, max(3, reps // 3)):.1f} ms, "
-        f"gate saturation {sat:.2f} ms"
+        f"gate saturation {sat:.2f} ms (by torch's ops {sat_torch:.2f})"
     )
 
 
@@ -150,7 +166,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if a.malloc == "keep":
         assert keep_freed_memory(), "glibc did not take the allocator settings"
-    print(f"torch {torch.__version__}, 1 thread, malloc {a.malloc}")
+    kernels = "built" if native.library() is not None else "not built"
+    print(f"torch {torch.__version__}, 1 thread, malloc {a.malloc}, C gate kernels {kernels}")
     products(a.reps)
     layers(a.reps)
     lyapunov_and_saturation(a.reps)

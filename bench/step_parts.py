@@ -2,10 +2,10 @@
 its steps 2..n-2, its `should_stop` callback as the clock) with no step instrumented, every
 step instrumented but no optional instrument, the temporal profile only (the closed-form
 route), and every instrument (the first step, a dynamics step, printed apart); the plain
-fused loop beside them, interleaved. LSTM 2 x 128, T = 100, batch 64, 1 thread, glibc's
-freed memory kept (as the worker runs).
+fused loop beside them, interleaved. LSTM 2 x 128 unless --cell/--layers say otherwise,
+T = 100, batch 64, 1 thread unless --threads, glibc's freed memory kept (as the worker runs).
 
-    .venv/bin/python bench/step_parts.py [--reps 3]"""
+    .venv/bin/python bench/step_parts.py [--reps 3] [--cell gru --layers 1 --threads 2]"""
 
 from __future__ import annotations
 
@@ -35,11 +35,15 @@ CONFIGS = {  # name: (optional instruments, instrument.every)
 }
 
 
+FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELL, LAYERS = "lstm", 2  # set from the command line
+
+
 def spec(on: list[str], every: int) -> ExperimentCreate:
     return ExperimentCreate.model_validate(
         {
             "task": {"name": "adding", "seq_len": 100},
-            "model": {"cell": "lstm", "hidden_size": 128, "num_layers": 2},
+            "model": {"cell": CELL, "hidden_size": 128, "num_layers": LAYERS},
             "train": {"steps": STEPS, "batch_size": 64, "device": "cpu"},
             "instrument": {"every": every, "val_every": 10**5, "on": on, "dynamics_every": 1000},
         }
@@ -59,7 +63,8 @@ def gradlab_steps(s: ExperimentCreate) -> list[float]:
 
 def plain_steps() -> list[float]:
     task = make_task(spec([], 1000).task)
-    rnn, head = nn.LSTM(task.input_size, 128, num_layers=2), nn.Linear(128, task.output_size)
+    rnn = FUSED[CELL](task.input_size, 128, num_layers=LAYERS)
+    head = nn.Linear(128, task.output_size)
     params = [*rnn.parameters(), *head.parameters()]
     opt, gen = torch.optim.Adam(params, lr=1e-3), torch.Generator().manual_seed(0)
     out = []
@@ -77,9 +82,15 @@ def plain_steps() -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    global CELL, LAYERS
     ap.add_argument("--reps", type=int, default=3)
-    reps = ap.parse_args().reps
-    torch.set_num_threads(1)
+    ap.add_argument("--cell", choices=sorted(FUSED), default=CELL)
+    ap.add_argument("--layers", type=int, default=LAYERS)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    reps, CELL, LAYERS = a.reps, a.cell, a.layers
+    torch.set_num_threads(a.threads)
+    print(f"{CELL} {LAYERS} x 128, T = 100, batch 64, {a.threads} thread(s)")
     assert keep_freed_memory(), "glibc did not take the allocator settings"
     got: dict[str, list[float]] = {k: [] for k in ["plain", *CONFIGS, "first step (dynamics)"]}
     for _ in range(reps):
