@@ -276,8 +276,7 @@ def _lstm(
     v, c = g.values, g.cell  # (T, B, 4, H), (T, B, H)
     assert c is not None
     if native.usable(direct, v) and (cell_out is None or cell_out.is_contiguous()):
-        cell = torch.empty_like(direct, memory_format=torch.contiguous_format)
-        cell = cell if cell_out is None else cell_out
+        cell = torch.empty(direct.shape, dtype=direct.dtype) if cell_out is None else cell_out
         return native.lstm_adjoint(w_hh, v, c, g.cell_tanh, direct, cell, c0, cell_direct, dz_out)
     t_len, b, n = direct.shape
     a = direct.clone()
@@ -317,11 +316,14 @@ def _gru(
     direct: Tensor,
     h0: Tensor | None = None,
     dz_out: Tensor | None = None,
+    dz_ih_out: Tensor | None = None,
 ) -> Tensor:
     """dL/dh_t. dz_out (T, B, 3, H): filled with the gradients of the recurrent products'
-    outputs W_h{r,z,n} h_{t-1} + b_h{r,z,n} (n's is its pre-activation's times r)."""
+    outputs W_h{r,z,n} h_{t-1} + b_h{r,z,n} (n's is its pre-activation's times r); dz_ih_out
+    (T, B, 3, H, with dz_out): the input products' (r's and z's the same, n's not times r)."""
+    assert dz_ih_out is None or dz_out is not None
     if native.usable(direct, g.values):
-        return native.gru_adjoint(w_hh, g.values, g.hh_n, h, direct, h0, dz_out)
+        return native.gru_adjoint(w_hh, g.values, g.hh_n, h, direct, h0, dz_out, dz_ih_out)
     t_len, b, n = direct.shape
     a = direct.clone()
     assert dz_out is None or dz_out.is_contiguous()
@@ -344,6 +346,10 @@ def _gru(
             if t > 0:
                 a_t[t - 1].addcmul_(a_t[t], z[t - s])  # the z * h_{t-1} path
                 rec.accumulate(a_t[t - 1], dz_t[t].view(b, 3 * n))
+    if dz_ih_out is not None:
+        dz_ih_out.copy_(dz_out)
+        _, z, n_ = g.values.unbind(2)
+        torch.mul(a, 1 - z, out=dz_ih_out[:, :, 2]).mul_(1 - n_ * n_)
     return a
 
 

@@ -182,13 +182,7 @@ def _gru_backward(
     dz_hh = h.new_empty(t_len, batch, 3, n)  # d loss / d(W_h h_{t-1} + b_h)
     # d loss / d(W_i x_t + b_i): r's and z's the same, n's its pre-activation's (not times r)
     dz_ih = torch.empty_like(dz_hh)
-    if native.usable(h, w_hh):
-        a = native.gru_adjoint(w_hh, v, hh_n, h, direct, dz_out=dz_hh, dz_ih_out=dz_ih)
-    else:
-        a = adjoint._gru(w_hh, g, h, direct, dz_out=dz_hh)
-        dz_ih.copy_(dz_hh)
-        _, z, n_ = v.unbind(2)
-        torch.mul(a, 1 - z, out=dz_ih[:, :, 2]).mul_(1 - n_ * n_)
+    a = adjoint._gru(w_hh, g, h, direct, dz_out=dz_hh, dz_ih_out=dz_ih)
     ctx.box["adjoint"] = (a, None)
     flat_hh, flat_ih = dz_hh.view(t_len * batch, -1), dz_ih.view(t_len * batch, -1)  # (T*B, 3H)
     grad_ih = matmul.t_mm(flat_ih, x.reshape(t_len * batch, -1))  # (3H, I)

@@ -69,16 +69,21 @@ def pinned(route: str | None) -> Iterator[None]:
         _pinned = before
 
 
-def cpu_vendor() -> str:
-    """The CPU's maker as Linux reports it ('GenuineIntel', 'AuthenticAMD'), '' elsewhere."""
+def cpuinfo(key: str) -> str:
+    """The first value of `key` in Linux's /proc/cpuinfo ('vendor_id', 'flags'), '' elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's maker as Linux reports it ('GenuineIntel', 'AuthenticAMD'), '' elsewhere."""
+    return cpuinfo("vendor_id")
 
 
 def prefers_onednn(capability: str, vendor: str) -> bool:

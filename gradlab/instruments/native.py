@@ -35,19 +35,12 @@ def _cache_dir() -> Path:
     return Path(base) / "gradlab" / "native"
 
 
-def _machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
 def _build(source: Path) -> Path | None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + _machine().encode())
+    machine = matmul.cpuinfo("flags")  # -march=native builds for this CPU's instructions
+    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + machine.encode())
     target = _cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
