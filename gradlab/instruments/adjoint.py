@@ -527,7 +527,11 @@ def preactivation_grads(
                 2,
             )
             return (coef * _take(a, at).unsqueeze(2)).flatten(2)
-        return _take(a * activation_derivative(kind.split(":", 1)[1], layer, x, h), at)
+        act = kind.split(":", 1)[1]
+        if at is None or act == "elu":  # elu's f' reads z, recomputed over the whole sequence
+            return _take(a * activation_derivative(act, layer, x, h), at)
+        # f' reads h alone: at the points only (the credit's 2 of T steps, not all of them)
+        return _take(a, at) * activation_derivative(act, layer, x, _take(h, at))
 
 
 # The closed-form totals of an output tensor, while it lives: the temporal profile, the cell

@@ -140,14 +140,19 @@ def test_credit_of_a_layer_without_closed_form_is_recomputed(cell: str) -> None:
         assert res.summary["credit"]["window"][row]["ratio"] == pytest.approx(ratio, rel=1e-10)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "cell", ["rnn:tanh", "rnn:relu", "rnn:elu", "rnn:leaky_relu", "rnn:sigmoid", "lstm", "gru"]
+)
 def test_preactivation_grads_at_points_are_the_full_ones_taken_there(cell: str) -> None:
+    """The Elman layers take f' at the points only (elu, whose f' reads z, the whole way)."""
     from models import RecurrentNet
     from worker.instruments.adjoint import preactivation_grads, total_adjoint
     from worker.instruments.temporal import retain
 
     torch.manual_seed(0)
-    net = RecurrentNet(3, 1, cell=cell, hidden_size=6).double()
+    cell, _, act = cell.partition(":")
+    kw = {"activation": act} if act else {}
+    net = RecurrentNet(3, 1, cell=cell, hidden_size=6, **kw).double()
     x = torch.randn(9, 4, 3, dtype=torch.float64)
     out = net(x)
     retain(out)
