@@ -65,7 +65,10 @@ def products(reps: int) -> None:
             )
     mkl, dnn = got["blas"], got["onednn"]
     chosen = "oneDNN" if matmul.Weight(w, B).packed is not None else "MKL"
+    filed = matmul._route_file()
+    raced = filed.read_text().strip() if filed.exists() else "(not filed)"
     print(f"products (CPU capability {torch.backends.cpu.get_cpu_capability()}: {chosen})")
+    print(f"  this machine's race, {filed}: {raced}")
     print(
         f"  ({B}, {H}) x ({H}, {4 * H}) + add: MKL {1e3 * mkl[0]:.0f} us, oneDNN packed "
         f"{1e3 * dnn[0]:.0f} us"

@@ -1,19 +1,18 @@
 """Products x @ w.T by oneDNN or by torch's own (MKL on the CPU), by which runs faster on
-this kind of CPU; torch.addmm for float64 and on a GPU.
+this machine; torch.addmm for float64 and on a GPU.
 
-Why: which library wins depends on the CPU, and on its maker: MKL takes its AVX-512 kernels
-on Intel's CPUs only, oneDNN on any CPU that has the instructions. On an AMD EPYC with AVX-512
-oneDNN's float32 GEMMs at the closed-form layers' shapes ran at about twice MKL's speed
-((64, 128) x (128, 512) 55 us against 90, (6400, 128) x (128, 512) 4.1 ms against 9.3); on an
-AMD with AVX2 only (Zen 2) MKL won the weight gradient (23.3 ms against 30.7: oneDNN wants the
-summed dimension innermost, which costs two transposing copies) and the per-step products tied
-(130 us each); on an Intel Xeon with AVX-512 MKL won all three (96 us against 108, 11.5 ms
-against 10.3 for the input product, 22.7 against 38.0 for the weight gradient) and one LSTM
-layer's closed forward and backward took 138 ms by MKL, 162 by oneDNN (bench/cpu_kernels.py,
-README). So oneDNN on AMD's CPUs with AVX-512, MKL elsewhere. The choice is the machine's,
-not timed: timing would pick a route per process, and the two sum in their own orders, so
-the same run would round differently from one process to the next (`pinned` fixes either
-route).
+Why: which library wins depends on the CPU, and not on its maker alone. On one AMD EPYC with
+AVX-512 oneDNN's float32 GEMMs at the closed-form layers' shapes ran at about twice MKL's
+speed ((64, 128) x (128, 512) 55 us against 90, (6400, 128) x (128, 512) 4.1 ms against 9.3);
+on another (Zen 4, family 25) MKL won the per-step product (102 us against 128) and one LSTM
+layer's closed forward and backward (69.6 ms against 80.2); on an AMD with AVX2 only (Zen 2)
+MKL won the weight gradient and the per-step products tied; on an Intel Xeon with AVX-512 MKL
+won all three (bench/cpu_kernels.py, README). So the route is measured: once per machine, on
+the mix of products one closed-form layer makes (`race`), and kept in a file keyed by the
+CPU and the torch build, so that every process on the machine takes the same one (the two
+libraries sum in their own orders: a route timed per process would round the same run
+differently from one process to the next). oneDNN must win by RACE_MARGIN; GRADLAB_PRODUCTS
+= onednn | blas fixes the route for a process, `pinned` for a block.
 
 torch's fused recurrent kernels, which the closed form is measured against, use oneDNN.
 `torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler emits for a linear layer
@@ -22,9 +21,15 @@ on the CPU; being private it is probed once, and anything it refuses (float64, a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -81,19 +86,99 @@ def cpuinfo(key: str) -> str:
     return ""
 
 
-def cpu_vendor() -> str:
-    """The CPU's maker as Linux reports it ('GenuineIntel', 'AuthenticAMD'), '' elsewhere."""
-    return cpuinfo("vendor_id")
+RACE_MARGIN = 0.9  # oneDNN must take at most this share of MKL's time: a tie stays torch's own
+RACE_SHAPE = (25, 64, 128, 4)  # T, B, H, gates: a quarter of an LSTM layer at T = 100
 
 
-def prefers_onednn(capability: str, vendor: str) -> bool:
-    """Whether oneDNN's products beat MKL's on a CPU of this torch capability and maker."""
-    return capability.startswith("AVX512") and vendor == "AuthenticAMD"
+def choose(seconds: dict[str, float]) -> str:
+    """The route from the race's figures, {"onednn": s, "blas": s}."""
+    return "onednn" if seconds["onednn"] <= RACE_MARGIN * seconds["blas"] else "blas"
+
+
+def race(reps: int = 5) -> dict[str, float]:
+    """Median seconds of each route over the products one closed-form layer makes, per step
+    forward and back (x (B, H) @ W_hh.T plus the input part), the input product over the
+    sequence (T*B, H) @ W_ih.T + b, and the weight gradient (T*B, G*H).T @ (T*B, H); the
+    routes interleaved."""
+    t_len, b, n, g = RACE_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(g * n, n, generator=gen), torch.randn(t_len * b, n, generator=gen)
+    bias, dz = torch.randn(g * n, generator=gen), torch.randn(t_len * b, g * n, generator=gen)
+
+    def layer(route: str) -> Callable[[], None]:
+        def run() -> None:
+            with pinned(route):
+                packed = Weight(w, b)
+                pre = linear(x, w, bias).view(t_len, b, g * n)
+                for t in range(1, t_len):
+                    packed.plus(x[t * b : (t + 1) * b], pre[t])
+                    accumulate(pre[t - 1], x[t * b : (t + 1) * b], w)
+                t_mm(dz, x)
+
+        return run
+
+    routes = {"onednn": layer("onednn"), "blas": layer("blas")}
+    times: dict[str, list[float]] = {r: [] for r in routes}
+    for fn in routes.values():
+        fn()  # warm: packing, first-touch of the buffers
+    for _ in range(reps):
+        for route, fn in routes.items():
+            start = time.perf_counter()
+            fn()
+            times[route].append(time.perf_counter() - start)
+    return {route: statistics.median(ts) for route, ts in times.items()}
+
+
+def _route_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    machine = "|".join(
+        [torch.__version__, torch.backends.cpu.get_cpu_capability()]
+        + [cpuinfo(k) for k in ("vendor_id", "cpu family", "model", "model name", "flags")]
+    )
+    key = hashlib.sha256(machine.encode()).hexdigest()[:16]
+    return Path(base) / "gradlab" / "products" / f"route-{key}.txt"
+
+
+def _filed(path: Path) -> str | None:
+    try:
+        route = path.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return route if route in ("onednn", "blas") else None
+
+
+def machine_route() -> str:
+    """This machine's route, "onednn" or "blas": GRADLAB_PRODUCTS, else the one on file, else
+    raced and filed (the first writer's stands for every later process)."""
+    fixed = os.environ.get("GRADLAB_PRODUCTS", "")
+    if fixed in ("onednn", "blas"):
+        return fixed
+    if not (torch.backends.mkldnn.enabled and _available()):
+        return "blas"
+    path = _route_file()
+    if (filed := _filed(path)) is not None:
+        return filed
+    seconds = race()
+    route = choose(seconds)
+    figures = " ".join(f"{r}={1e3 * s:.3f}ms" for r, s in seconds.items())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
+            f.write(f"{route} {figures}\n")
+        try:
+            os.link(f.name, path)  # refused if another process filed first: its route stands
+        except FileExistsError:
+            route = _filed(path) or route
+        finally:
+            os.unlink(f.name)
+    except OSError:
+        pass  # an unwritable cache: this process keeps its own measurement
+    return route
 
 
 @lru_cache
 def _machine_prefers_onednn() -> bool:
-    return prefers_onednn(torch.backends.cpu.get_cpu_capability(), cpu_vendor())
+    return machine_route() == "onednn"
 
 
 def _use_onednn(t: Tensor) -> bool:

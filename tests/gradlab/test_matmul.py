@@ -68,13 +68,61 @@ def test_without_onednn_the_products_are_torchs_own_bit_for_bit() -> None:
         assert torch.equal(matmul.Weight(w, 37).plus(x, add), torch.addmm(add, x, w.t()))
 
 
-def test_the_route_is_the_machines_onednn_on_amd_with_avx512_mkl_elsewhere() -> None:
-    assert matmul.prefers_onednn("AVX512", "AuthenticAMD")
-    assert not matmul.prefers_onednn("AVX512", "GenuineIntel")  # MKL's own AVX-512 kernels
-    assert not matmul.prefers_onednn("AVX2", "AuthenticAMD")
-    assert not matmul.prefers_onednn("AVX512", "")  # unknown maker: torch's own
+def test_onednn_takes_the_products_only_when_it_wins_the_race_by_the_margin() -> None:
+    assert matmul.choose({"onednn": 8.0, "blas": 10.0}) == "onednn"
+    assert matmul.choose({"onednn": 9.0, "blas": 10.0}) == "onednn"  # the margin itself
+    assert matmul.choose({"onednn": 9.5, "blas": 10.0}) == "blas"  # a near tie: torch's own
+    assert matmul.choose({"onednn": 12.0, "blas": 10.0}) == "blas"
+
+
+def test_the_race_times_both_routes() -> None:
+    seconds = matmul.race(reps=1)
+    assert set(seconds) == {"onednn", "blas"}
+    assert all(0 < s < 10 for s in seconds.values())
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("GRADLAB_PRODUCTS", raising=False)
+    if not (torch.backends.mkldnn.enabled and matmul._available()):
+        pytest.skip("no oneDNN in this torch: the route is torch's own, never raced")
+    return tmp_path
+
+
+def test_the_route_is_raced_once_per_machine_and_filed(fresh_cache, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(matmul, "race", lambda: calls.append(1) or {"onednn": 1, "blas": 2})
+    assert matmul.machine_route() == "onednn"
+    path = matmul._route_file()
+    assert path.is_relative_to(fresh_cache) and path.read_text().startswith("onednn ")
+    monkeypatch.setattr(matmul, "race", lambda: {"onednn": 2, "blas": 1})  # a later process
+    assert matmul.machine_route() == "onednn"  # the filed route, not a new race
+    assert calls == [1]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
+
+
+def test_a_filed_route_that_does_not_parse_is_raced_again(fresh_cache, monkeypatch) -> None:
+    path = matmul._route_file()
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    monkeypatch.setattr(matmul, "race", lambda: {"onednn": 2, "blas": 1})
+    assert matmul.machine_route() == "blas"  # raced; the bad file stays and is not trusted
+    path.write_text("fastest 1ms\n")
+    assert matmul.machine_route() == "blas"
+
+
+def test_gradlab_products_fixes_the_route(fresh_cache, monkeypatch) -> None:
+    monkeypatch.setattr(matmul, "race", lambda: pytest.fail("raced with a fixed route"))
+    for route in ("onednn", "blas"):
+        monkeypatch.setenv("GRADLAB_PRODUCTS", route)
+        assert matmul.machine_route() == route
+    assert not matmul._route_file().exists()
+
+
+def test_products_take_the_machines_route() -> None:
     x, w, _, _ = operands(torch.float32)
-    machine = matmul.prefers_onednn(torch.backends.cpu.get_cpu_capability(), matmul.cpu_vendor())
+    machine = matmul._machine_prefers_onednn()
     assert (matmul.Weight(w, 37).packed is not None) == (machine and matmul.onednn(w))
     if not machine:  # torch's own product, bit for bit
         assert torch.equal(matmul.t_mm(x, x), x.t() @ x)
@@ -82,7 +130,7 @@ def test_the_route_is_the_machines_onednn_on_amd_with_avx512_mkl_elsewhere() -> 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux's /proc")
 def test_the_vendor_is_read_from_linux() -> None:
-    vendor = matmul.cpu_vendor()
+    vendor = matmul.cpuinfo("vendor_id")
     with open("/proc/cpuinfo") as f:
         assert (vendor != "") == ("vendor_id" in f.read())
 
