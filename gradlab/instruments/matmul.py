@@ -153,6 +153,8 @@ def machine_route() -> str:
     fixed = os.environ.get("GRADLAB_PRODUCTS", "")
     if fixed in ("onednn", "blas"):
         return fixed
+    if fixed:
+        raise ValueError(f"GRADLAB_PRODUCTS={fixed!r}: 'onednn', 'blas' or unset (raced)")
     if not (torch.backends.mkldnn.enabled and _available()):
         return "blas"
     path = _route_file()

@@ -118,6 +118,9 @@ def test_gradlab_products_fixes_the_route(fresh_cache, monkeypatch) -> None:
         monkeypatch.setenv("GRADLAB_PRODUCTS", route)
         assert matmul.machine_route() == route
     assert not matmul._route_file().exists()
+    monkeypatch.setenv("GRADLAB_PRODUCTS", "mkl")  # a typo is an error, not a silent race
+    with pytest.raises(ValueError, match="GRADLAB_PRODUCTS='mkl'"):
+        matmul.machine_route()
 
 
 def test_products_take_the_machines_route() -> None:
