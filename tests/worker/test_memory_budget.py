@@ -14,11 +14,11 @@ from tests.checks import assert_problem
 from tests.factories import SMALL, add_experiment
 from worker.reconciler import reconcile
 
-# Big enough that the run's own memory dwarfs the allocator's noise (100-500 MB each), small
+# Big enough that the run's own memory dwarfs the allocator's noise (60-500 MB each), small
 # enough to take seconds: training-bound, validation-bound, a gated cell and a python loop.
 SHAPES = [
     shape("rnn", 300, 64, 2, 512),
-    shape("lstm", 300, 64, 2, 8),
+    shape("lstm", 400, 64, 2, 8),
     shape("gru", 200, 64, 1, 384),
     shape("rnn", 100, 64, 2, 256, norm="layer"),
 ]
