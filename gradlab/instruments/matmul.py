@@ -170,9 +170,11 @@ def machine_route() -> str:
         try:
             os.link(f.name, path)  # refused if another process filed first: its route stands
         except FileExistsError:
-            route = _filed(path) or route
+            if (filed := _filed(path)) is not None:
+                return filed
+            os.replace(f.name, path)  # a file that does not parse: this race's replaces it
         finally:
-            os.unlink(f.name)
+            Path(f.name).unlink(missing_ok=True)
     except OSError:
         pass  # an unwritable cache: this process keeps its own measurement
     return route

@@ -107,9 +107,24 @@ def test_a_filed_route_that_does_not_parse_is_raced_again(fresh_cache, monkeypat
     path.parent.mkdir(parents=True)
     path.write_text("")
     monkeypatch.setattr(matmul, "race", lambda: {"onednn": 2, "blas": 1})
-    assert matmul.machine_route() == "blas"  # raced; the bad file stays and is not trusted
+    assert matmul.machine_route() == "blas"  # raced, and the race's figures replace the file
+    assert path.read_text().startswith("blas ")
     path.write_text("fastest 1ms\n")
     assert matmul.machine_route() == "blas"
+    assert path.read_text().startswith("blas ") and list(path.parent.iterdir()) == [path]
+
+
+def test_two_first_races_at_once_take_the_first_filed_route(fresh_cache, monkeypatch) -> None:
+    path = matmul._route_file()
+
+    def race_while_another_files() -> dict[str, float]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("onednn onednn=1ms blas=2ms\n")  # the other process, done first
+        return {"onednn": 2, "blas": 1}
+
+    monkeypatch.setattr(matmul, "race", race_while_another_files)
+    assert matmul.machine_route() == "onednn"  # not this process's own "blas"
+    assert path.read_text().startswith("onednn ") and list(path.parent.iterdir()) == [path]
 
 
 def test_gradlab_products_fixes_the_route(fresh_cache, monkeypatch) -> None:
