@@ -129,14 +129,19 @@ def race(reps: int = 5) -> dict[str, float]:
     return {route: statistics.median(ts) for route, ts in times.items()}
 
 
-def _route_file() -> Path:
+def cache_dir(kind: str) -> Path:
+    """Where gradlab keeps what it made for this machine (`kind`: "native", "products")."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gradlab" / kind
+
+
+def _route_file() -> Path:
     machine = "|".join(
         [torch.__version__, torch.backends.cpu.get_cpu_capability()]
         + [cpuinfo(k) for k in ("vendor_id", "cpu family", "model", "model name", "flags")]
     )
     key = hashlib.sha256(machine.encode()).hexdigest()[:16]
-    return Path(base) / "gradlab" / "products" / f"route-{key}.txt"
+    return cache_dir("products") / f"route-{key}.txt"
 
 
 def _filed(path: Path) -> str | None:

@@ -30,18 +30,13 @@ SOURCE = Path(__file__).with_name("native") / "gates.c"
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gradlab" / "native"
-
-
 def _build(source: Path) -> Path | None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
     machine = matmul.cpuinfo("flags")  # -march=native builds for this CPU's instructions
     key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + machine.encode())
-    target = _cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    target = matmul.cache_dir("native") / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     try:
